@@ -1,0 +1,7 @@
+"""Flax modules: the shared encoder, task heads and the multi-task model."""
+
+from jmtl.models.encoder import Encoder
+from jmtl.models.encoder import EncoderConfig
+from jmtl.models.heads import Head
+from jmtl.models.multitask import MultiTaskModel
+from jmtl.models.multitask import count_params

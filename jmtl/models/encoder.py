@@ -1,0 +1,93 @@
+"""A pre-LN transformer text encoder (Flax linen)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+  vocab_size: int = 30_000
+  width: int = 128
+  depth: int = 2
+  num_heads: int = 4
+  mlp_width: int = 512
+  max_length: int = 512
+  type_vocab_size: int = 2
+  dropout: float = 0.1
+  attention_dropout: float = 0.1
+  pooled_width: int = 128
+
+  def __post_init__(self):
+    if self.width % self.num_heads:
+      raise ValueError(f"encoder width {self.width} is not divisible by num_heads {self.num_heads}")
+    for name in ("vocab_size", "width", "depth", "num_heads", "mlp_width", "max_length", "pooled_width"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"encoder {name} must be positive, got {getattr(self, name)}")
+
+
+class EncoderBlock(nn.Module):
+  """Pre-LN block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+
+  config: EncoderConfig
+
+  @nn.compact
+  def __call__(self, x, attention_bias, deterministic: bool):
+    cfg = self.config
+    h = nn.LayerNorm(name="attention_norm")(x)
+    h = nn.MultiHeadDotProductAttention(
+        num_heads=cfg.num_heads, dropout_rate=cfg.attention_dropout, name="attention")(
+            h, h, mask=attention_bias, deterministic=deterministic)
+    x = x + nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
+    h = nn.LayerNorm(name="mlp_norm")(x)
+    h = nn.Dense(cfg.mlp_width, name="mlp_in")(h)
+    h = nn.gelu(h)
+    h = nn.Dense(cfg.width, name="mlp_out")(h)
+    return x + nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
+
+
+class Encoder(nn.Module):
+  """Token ids -> (token features ``[B, L, D]``, pooled sentence vector ``[B, P]``).
+
+  Padding (``attention_mask == 0``) is never attended to and is left out of the mean pool,
+  so a sentence's features do not depend on how much padding its batch carries.
+  """
+
+  config: EncoderConfig
+
+  @nn.compact
+  def __call__(self, input_ids, attention_mask, token_type_ids=None, *, deterministic=True):
+    cfg = self.config
+    length = input_ids.shape[-1]
+    if length > cfg.max_length:
+      raise ValueError(f"sequence length {length} exceeds the encoder's max_length {cfg.max_length}")
+    x = nn.Embed(cfg.vocab_size, cfg.width, name="token_embedding")(input_ids)
+    positions = self.param("position_embedding", nn.initializers.normal(0.02),
+                           (cfg.max_length, cfg.width))
+    x = x + positions[:length]
+    # Always created, so one parameter tree serves single sentences and sentence pairs.
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+    x = x + nn.Embed(cfg.type_vocab_size, cfg.width, name="type_embedding")(token_type_ids)
+    x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+    mask = attention_mask.astype(bool)
+    attention_bias = nn.make_attention_mask(mask, mask)
+    for i in range(cfg.depth):
+      x = EncoderBlock(cfg, name=f"block_{i}")(x, attention_bias, deterministic)
+    tokens = nn.LayerNorm(name="final_norm")(x)
+    weights = mask.astype(tokens.dtype)[..., None]
+    mean = jnp.sum(tokens * weights, axis=-2) / jnp.maximum(jnp.sum(weights, axis=-2), 1.0)
+    pooled = jnp.tanh(nn.Dense(cfg.pooled_width, name="pooler")(mean))
+    return tokens, pooled
+
+
+def encode(config: EncoderConfig, params, batch, *, rng: jax.Array | None = None):
+  """Applies the encoder to a batch; dropout is on iff ``rng`` is given."""
+  rngs = None if rng is None else {"dropout": rng}
+  return Encoder(config).apply(
+      {"params": params}, batch["input_ids"], batch["attention_mask"],
+      batch.get("token_type_ids"), deterministic=rng is None, rngs=rngs)

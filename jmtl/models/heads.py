@@ -1,0 +1,36 @@
+"""Task heads: one small Flax module per task kind."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+
+from jmtl.tasks import TaskKind, TaskSpec
+
+
+class Head(nn.Module):
+  """Maps encoder features to one task's outputs.
+
+  Sentence-level kinds read the pooled vector ``[B, P]``; token-level kinds read token
+  features ``[B, L, D]``. Outputs: classification ``[B, C]``, regression ``[B]``, tagging and
+  mlm ``[B, L, C]``, span_qa ``[B, L, 2]`` (start and end logits).
+  """
+
+  spec: TaskSpec
+  hidden: int = 64
+
+  @nn.compact
+  def __call__(self, tokens, pooled):
+    spec = self.spec
+    match spec.kind:
+      case TaskKind.CLASSIFICATION | TaskKind.REGRESSION:
+        h = nn.relu(nn.Dense(self.hidden, name="hidden")(pooled))
+        out = nn.Dense(spec.num_labels, name="out")(h)
+        return out[..., 0] if spec.kind == TaskKind.REGRESSION else out
+      case TaskKind.TAGGING | TaskKind.SPAN_QA:
+        return nn.Dense(spec.num_labels, name="out")(tokens)
+      case TaskKind.MLM:
+        h = nn.gelu(nn.Dense(tokens.shape[-1], name="transform")(tokens))
+        h = nn.LayerNorm(name="norm")(h)
+        return nn.Dense(spec.num_labels, name="out")(h)
+    raise ValueError(f"task {spec.name!r}: no head for kind {spec.kind!r}")
+

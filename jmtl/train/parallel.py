@@ -1,0 +1,107 @@
+"""Compiled steps for one device, ``jax.pmap``, and ``jax.jit`` over a ``Mesh``.
+
+All three run the same pure ``train_step`` and reach the same parameters: under pmap the
+step sums per-task gradients across devices itself; under the mesh XLA inserts the
+all-reduce, because the batch is one global array split over the ``data`` axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jmtl.balancers import Balancer
+from jmtl.models.multitask import MultiTaskModel
+from jmtl.train.state import TrainState
+from jmtl.train.step import GradMode, train_step
+
+Parallelism = Literal["none", "pmap", "sharded"]
+AXIS = "data"
+
+
+def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
+  """A 1-D data mesh over all (global) devices, with automatic sharding propagation."""
+  devices = jax.devices()
+  n = num_devices or len(devices)
+  return jax.make_mesh((n,), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices[:n])
+
+
+@dataclasses.dataclass
+class CompiledStep:
+  """A train step bound to a parallel layout, with helpers to move data into that layout.
+
+  ``state = step.place_state(state)``, then ``state, metrics = step(state, step.place_batch(b))``
+  (the state is donated), and ``step.gather_state(state)`` for a single-device copy.
+  """
+
+  parallelism: Parallelism
+  num_devices: int
+  mesh: jax.sharding.Mesh | None
+  _fn: Any
+
+  def __call__(self, state: TrainState, batch):
+    return self._fn(state, batch)
+
+  def place_state(self, state: TrainState) -> TrainState:
+    if self.parallelism == "pmap":  # one replica per device; pmap splits the leading axis
+      return jax.tree.map(lambda x: jnp.broadcast_to(x, (self.num_devices, *jnp.shape(x))), state)
+    if self.parallelism == "sharded":
+      return jax.device_put(state, NamedSharding(self.mesh, P()))
+    return state
+
+  def place_batch(self, batch):
+    if self.parallelism == "pmap":
+      def split(x):
+        if x.shape[0] % self.num_devices:
+          raise ValueError(f"batch size {x.shape[0]} does not split over {self.num_devices} devices")
+        return np.reshape(x, (self.num_devices, x.shape[0] // self.num_devices, *x.shape[1:]))
+      return jax.tree.map(split, batch)
+    if self.parallelism == "sharded":
+      sharding = NamedSharding(self.mesh, P(AXIS))
+      if jax.process_count() > 1:  # each process holds its own rows of the global batch
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+      return jax.device_put(batch, sharding)
+    return batch
+
+  def gather_state(self, state: TrainState) -> TrainState:
+    """The state as single-device arrays (pmap: the first replica)."""
+    if self.parallelism == "pmap":
+      return jax.tree.map(lambda x: x[0], state)
+    return state
+
+  def unreplicate_metrics(self, metrics):
+    return jax.tree.map(lambda x: x[0], metrics) if self.parallelism == "pmap" else metrics
+
+
+def make_train_step(model: MultiTaskModel, balancer: Balancer,
+                    optimizer: optax.GradientTransformation, *, grad_mode: GradMode = "exact",
+                    parallelism: Parallelism = "none", num_devices: int | None = None,
+                    dropout: bool = True, log_cosines: bool = True,
+                    donate: bool = True) -> CompiledStep:
+  """A compiled, state-donating train step for the chosen parallel layout."""
+  kwargs = dict(model=model, balancer=balancer, optimizer=optimizer, grad_mode=grad_mode,
+                dropout=dropout, log_cosines=log_cosines)
+  donate_argnums = (0,) if donate else ()
+  if parallelism == "none":
+    fn = jax.jit(functools.partial(train_step, **kwargs), donate_argnums=donate_argnums)
+    return CompiledStep("none", 1, None, fn)
+  if parallelism == "pmap":
+    n = num_devices or jax.local_device_count()
+    fn = jax.pmap(functools.partial(train_step, axis_name=AXIS, **kwargs), axis_name=AXIS,
+                  donate_argnums=donate_argnums, devices=jax.local_devices()[:n])
+    return CompiledStep("pmap", n, None, fn)
+  if parallelism == "sharded":
+    mesh = make_mesh(num_devices)
+    replicated = NamedSharding(mesh, P())
+    fn = jax.jit(functools.partial(train_step, **kwargs), donate_argnums=donate_argnums,
+                 out_shardings=(replicated, replicated))
+    return CompiledStep("sharded", mesh.size, mesh, fn)
+  raise ValueError(f"unknown parallelism {parallelism!r}: use 'none', 'pmap' or 'sharded'")
