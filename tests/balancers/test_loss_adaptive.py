@@ -1,0 +1,361 @@
+"""STCH, FAMO, DB-MTL and ExcessMTL vs float64 NumPy references, over several steps."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jmtl.balancers as balancers
+
+TASK_COUNTS = (2, 3, 8)
+STEPS = 8
+DIM = 7
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def random_problem(num_tasks, steps=STEPS, seed=0):
+  """Per-step Jacobians ``[steps, T, d]`` and positive losses ``[steps, T]``."""
+  rng = np.random.default_rng(seed + 101 * num_tasks)
+  return rng.normal(size=(steps, num_tasks, DIM)), rng.uniform(0.2, 3.0, size=(steps, num_tasks))
+
+
+def run_jmtl(balancer, jacobians, losses):
+  """Runs the jitted update in float32; returns per-step outputs, weights, and the state."""
+  update = jax.jit(balancer.update)
+  state = balancer.init(jnp.zeros(jacobians.shape[2:], jnp.float32))
+  outputs, weights = [], []
+  for jacobian, loss in zip(jacobians, losses):
+    out, state = update(jnp.asarray(jacobian, jnp.float32), state,
+                        task_losses=jnp.asarray(loss, jnp.float32))
+    outputs.append(np.asarray(out, np.float64))
+    weights.append(np.asarray(state.weights, np.float64))
+  return np.stack(outputs), np.stack(weights), state
+
+
+def assert_close(actual, expected, rtol=1e-4):
+  expected = np.asarray(expected, np.float64)
+  np.testing.assert_allclose(actual, expected, rtol=rtol,
+                             atol=rtol * max(np.max(np.abs(expected)), 1e-12))
+
+
+def softmax(x):
+  e = np.exp(x - np.max(x))
+  return e / e.sum()
+
+
+class NumpyAdam:
+  """``torch.optim.Adam`` (L2 ``weight_decay`` added to the gradient) in float64."""
+
+  def __init__(self, lr, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8):
+    self.lr, self.weight_decay, self.b1, self.b2, self.eps = lr, weight_decay, b1, b2, eps
+    self.m = self.v = 0.0
+    self.t = 0
+
+  def step(self, x, grad):
+    grad = grad + self.weight_decay * x
+    self.t += 1
+    self.m = self.b1 * self.m + (1 - self.b1) * grad
+    self.v = self.b2 * self.v + (1 - self.b2) * grad ** 2
+    m_hat = self.m / (1 - self.b1 ** self.t)
+    v_hat = self.v / (1 - self.b2 ** self.t)
+    return x - self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
+
+
+# ---------------------------------------------------------------- references (float64)
+
+
+def stch_objective(losses, nadir, mu):
+  """LibMTL's STCH objective ``T mu logsumexp(log(L / n) / mu)``."""
+  scaled = np.log(losses / nadir) / mu
+  return len(losses) * mu * (np.max(scaled) + np.log(np.sum(np.exp(scaled - np.max(scaled)))))
+
+
+def reference_stch(losses, mu, warmup_steps, nadir_steps, ideal_point=False):
+  """LibMTL STCH with epochs as steps: log-loss warm-up, nadir average, then d(STCH)/dL."""
+  seen, ideal, out = [], np.inf, []
+  for step, loss in enumerate(losses):
+    if step < warmup_steps + nadir_steps:
+      if step >= warmup_steps:
+        seen.append(loss)
+      out.append(1.0 / loss)
+      continue
+    nadir = np.mean(seen, axis=0) if seen else np.ones_like(loss)
+    objectives = np.log(loss / nadir)
+    if ideal_point:
+      ideal = np.minimum(ideal, objectives)
+      objectives = objectives - ideal
+    out.append(len(loss) * softmax(objectives / mu) / loss)
+  return np.stack(out)
+
+
+def reference_famo(losses, w_lr, gamma):
+  """Liu et al. 2023 (authors' famo.py), with each logit step done at the next update."""
+  logits = np.zeros(losses.shape[1])
+  adam, previous, out = NumpyAdam(w_lr, weight_decay=gamma), None, []
+  for loss in losses:
+    if previous is not None:
+      delta = np.log(previous + 1e-8) - np.log(loss + 1e-8)
+      z = softmax(logits)
+      jacobian = np.diag(z) - np.outer(z, z)  # d softmax / d logits
+      logits = adam.step(logits, jacobian.T @ delta)
+    z = softmax(logits)
+    d = loss + 1e-8
+    out.append(z / d / np.sum(z / d))
+    previous = loss
+  return np.stack(out)
+
+
+def reference_db_mtl(jacobians, losses, beta, beta_sigma):
+  """Lin et al. 2023 (LibMTL DB_MTL): EMA of grad log L, scaled to the largest norm."""
+  buffer, outputs, alphas = np.zeros(jacobians.shape[1:]), [], []
+  for step, (jacobian, loss) in enumerate(zip(jacobians, losses), start=1):
+    log_grads = jacobian / (loss + 1e-8)[:, None]
+    buffer = log_grads + beta / step ** beta_sigma * (buffer - log_grads)
+    norms = np.linalg.norm(buffer, axis=1)
+    alpha = norms.max() / (norms + 1e-8)
+    outputs.append(alpha @ buffer)
+    alphas.append(alpha)
+  return np.stack(outputs), np.stack(alphas)
+
+
+def reference_excess_mtl(jacobians, robust_step_size):
+  """He et al. 2024 (authors' LibMTL ExcessMTL): AdaGrad excess risks, multiplicative weights."""
+  num_tasks = jacobians.shape[1]
+  weights, squared_sum, initial, out = np.ones(num_tasks), 0.0, None, []
+  for jacobian in jacobians:
+    squared_sum = squared_sum + jacobian ** 2
+    excess = np.sum(jacobian ** 2 / np.sqrt(squared_sum + 1e-7), axis=1)
+    if initial is None:
+      initial = excess
+    else:
+      weights = weights * np.exp(robust_step_size * excess / initial)
+      weights = weights / weights.sum() * num_tasks
+    out.append(weights)
+  return np.stack(out)
+
+
+# ---------------------------------------------------------------- STCH
+
+
+@pytest.mark.parametrize("num_tasks", TASK_COUNTS)
+@pytest.mark.parametrize("mu,ideal_point", [(1.0, False), (0.3, True)])
+def test_stch_matches_reference(num_tasks, mu, ideal_point):
+  jacobians, losses = random_problem(num_tasks, steps=10)
+  hparams = dict(mu=mu, warmup_steps=2, nadir_steps=3, ideal_point=ideal_point)
+  outputs, weights, _ = run_jmtl(balancers.get("stch", num_tasks, **hparams), jacobians, losses)
+  expected = reference_stch(losses, **hparams)
+  assert_close(weights, expected)
+  assert_close(outputs, np.einsum("st,std->sd", expected, jacobians))
+
+
+def test_stch_weights_are_the_gradient_of_the_objective():
+  losses = np.array([[1.0, 2.0, 0.5], [3.0, 1.0, 1.0], [0.7, 2.5, 1.2]])
+  balancer = balancers.get("stch", 3, mu=0.5, warmup_steps=0, nadir_steps=2)
+  state = balancer.init(jnp.zeros(1))
+  for loss in losses:
+    weights, state = balancer.weigh(jnp.asarray(loss, jnp.float32), state)
+  nadir, step = losses[:2].mean(0), 1e-6
+  numeric = [(stch_objective(losses[2] + step * e, nadir, 0.5)
+              - stch_objective(losses[2] - step * e, nadir, 0.5)) / (2 * step) for e in np.eye(3)]
+  assert_close(weights, numeric)
+
+
+def test_stch_small_mu_weighs_the_worst_normalised_loss():
+  balancer = balancers.get("stch", 3, mu=0.01, warmup_steps=0, nadir_steps=1)
+  state = balancer.init(jnp.zeros(1))
+  _, state = balancer.weigh(jnp.array([1.0, 1.0, 1.0]), state)
+  weights, _ = balancer.weigh(jnp.array([0.5, 3.0, 2.0]), state)
+  # Tchebycheff limit: gradient T / L_k on the worst task k only.
+  assert_close(weights, [0.0, 3 / 3.0, 0.0], rtol=1e-3)
+
+
+def test_stch_without_nadir_steps_does_not_normalise():
+  balancer = balancers.get("stch", 2, warmup_steps=1, nadir_steps=0)
+  state = balancer.init(jnp.zeros(1))
+  _, state = balancer.weigh(jnp.array([5.0, 5.0]), state)
+  weights, _ = balancer.weigh(jnp.array([1.0, 3.0]), state)
+  assert_close(weights, 2 * softmax(np.log([1.0, 3.0])) / np.array([1.0, 3.0]))
+
+
+# ---------------------------------------------------------------- FAMO
+
+
+@pytest.mark.parametrize("num_tasks", TASK_COUNTS)
+def test_famo_matches_reference(num_tasks):
+  jacobians, losses = random_problem(num_tasks)
+  outputs, weights, state = run_jmtl(balancers.get("famo", num_tasks, w_lr=0.1, gamma=0.01),
+                                     jacobians, losses)
+  expected = reference_famo(losses, 0.1, 0.01)
+  assert_close(weights, expected)
+  assert_close(outputs, np.einsum("st,std->sd", expected, jacobians))
+  np.testing.assert_allclose(weights.sum(1), 1.0, rtol=1e-5)
+  assert np.ptp(np.asarray(state.logits)) > 0.05  # the logits really moved
+
+
+def test_famo_weight_moves_to_the_task_that_stops_improving():
+  balancer = balancers.get("famo", 3, w_lr=0.1)
+  state = balancer.init(jnp.zeros(1))
+  for step in range(10):  # task 0 is stuck, tasks 1 and 2 keep improving
+    losses = jnp.array([1.0, 0.9 ** step, 0.8 ** step])
+    _, state = balancer.weigh(losses, state)
+  z = jax.nn.softmax(state.logits)
+  assert z[0] > z[1] > z[2]
+
+
+def test_famo_first_update_leaves_the_logits_and_adam_untouched():
+  balancer = balancers.get("famo", 2)
+  initial = balancer.init(jnp.zeros(1))
+  weights, state = balancer.weigh(jnp.array([1.0, 4.0]), initial)
+  np.testing.assert_array_equal(state.logits, 0.0)
+  assert_close(weights, [0.8, 0.2])  # z = 1/2 each: w proportional to 1/L
+  for new, old in zip(jax.tree.leaves(state.optimizer_state),
+                      jax.tree.leaves(initial.optimizer_state)):
+    np.testing.assert_array_equal(new, old)
+
+
+def test_famo_absent_task_gets_no_weight_and_no_logit_signal():
+  balancer = balancers.get("famo", 2)
+  state = balancer.init(jnp.zeros(1))
+  _, state = balancer.weigh(jnp.array([0.0, 1.0]), state)
+  weights, state = balancer.weigh(jnp.array([2.0, 1.0]), state)
+  np.testing.assert_array_equal(state.logits, 0.0)  # no delta from an absent task
+  weights, _ = balancer.weigh(jnp.array([0.0, 1.0]), state)
+  assert_close(weights, [0.0, 1.0])
+
+
+# ---------------------------------------------------------------- DB-MTL
+
+
+@pytest.mark.parametrize("num_tasks", TASK_COUNTS)
+@pytest.mark.parametrize("beta_sigma", [0.0, 0.5])
+def test_db_mtl_matches_reference(num_tasks, beta_sigma):
+  jacobians, losses = random_problem(num_tasks)
+  outputs, weights, _ = run_jmtl(balancers.get("db_mtl", num_tasks, beta_sigma=beta_sigma),
+                                 jacobians, losses)
+  expected_outputs, expected_alphas = reference_db_mtl(jacobians, losses, 0.9, beta_sigma)
+  assert_close(weights, expected_alphas)
+  assert_close(outputs, expected_outputs)
+
+
+def test_db_mtl_balances_magnitudes_and_ignores_loss_scale():
+  jacobians, losses = random_problem(3, steps=4)
+  scales = np.array([1.0, 100.0, 0.01])
+  _, _, state = run_jmtl(balancers.get("db_mtl", 3), jacobians, losses)
+  scaled_out, _, _ = run_jmtl(balancers.get("db_mtl", 3), jacobians * scales[None, :, None],
+                              losses * scales)
+  plain_out, _, _ = run_jmtl(balancers.get("db_mtl", 3), jacobians, losses)
+  assert_close(scaled_out, plain_out, 1e-4)  # log L makes c L_i look like L_i
+  balanced = np.asarray(state.weights) * np.linalg.norm(np.asarray(state.gradient_buffer), axis=1)
+  assert_close(balanced, np.full(3, balanced.max()), 1e-5)
+
+
+# ---------------------------------------------------------------- ExcessMTL
+
+
+@pytest.mark.parametrize("num_tasks", TASK_COUNTS)
+def test_excess_mtl_matches_reference(num_tasks):
+  jacobians, losses = random_problem(num_tasks)
+  jacobians = jacobians * np.linspace(0.5, 2.0, STEPS)[:, None, None]  # growing excess risks
+  outputs, weights, _ = run_jmtl(balancers.get("excess_mtl", num_tasks, robust_step_size=0.5),
+                                 jacobians, losses)
+  expected = reference_excess_mtl(jacobians, 0.5)
+  assert_close(weights, expected)
+  assert_close(outputs, np.einsum("st,std->sd", expected, jacobians))
+  np.testing.assert_array_equal(weights[0], 1.0)
+  assert np.ptp(weights[-1]) > 0.01
+
+
+def test_excess_mtl_task_absent_at_first_takes_its_reference_later():
+  balancer = balancers.get("excess_mtl", 2, robust_step_size=0.5)
+  update = jax.jit(balancer.update)
+  state = balancer.init(jnp.zeros(DIM))
+  row = jnp.asarray(np.random.default_rng(0).normal(size=DIM), jnp.float32)
+  _, state = update(jnp.stack([jnp.zeros(DIM), row]), state, task_losses=jnp.array([0.0, 1.0]))
+  assert state.initial_excess[0] == 0.0 and state.weights[0] < 1.0  # ratio 0 vs 1
+  _, state = update(jnp.stack([row, row]), state, task_losses=jnp.array([1.0, 1.0]))
+  assert state.initial_excess[0] > 0.0
+  assert np.all(np.isfinite(state.weights)) and abs(float(state.weights.sum()) - 2.0) < 1e-5
+
+
+# ---------------------------------------------------------------- every method
+
+
+NEEDS = {"stch": "losses", "famo": "losses", "db_mtl": "jacobian", "excess_mtl": "jacobian"}
+
+
+@pytest.mark.parametrize("name", sorted(NEEDS))
+def test_registered_with_its_needs(name):
+  balancer = balancers.get(name, 3)
+  assert balancer.needs == NEEDS[name]
+  assert (balancer.weigh is not None) == (NEEDS[name] == "losses")
+  assert balancers.papers()[name]
+
+
+@pytest.mark.parametrize("name", sorted(NEEDS))
+def test_nested_pytree_equals_flat_matrix(name):
+  jacobians, losses = random_problem(3, steps=4)
+  hparams = {"warmup_steps": 1, "nadir_steps": 1} if name == "stch" else {}
+  flat_out, flat_weights, _ = run_jmtl(balancers.get(name, 3, **hparams), jacobians, losses)
+  balancer = balancers.get(name, 3, **hparams)
+  update = jax.jit(balancer.update)
+  tree = lambda m: {"dense": {"kernel": m[:, :6].reshape(-1, 2, 3)}, "bias": m[:, 6]}
+  state = balancer.init({"dense": {"kernel": jnp.zeros((2, 3))}, "bias": jnp.zeros(())})
+  for step, (jacobian, loss) in enumerate(zip(jacobians, losses)):
+    out, state = update(tree(jnp.asarray(jacobian, jnp.float32)), state,
+                        task_losses=jnp.asarray(loss, jnp.float32))
+    flat = np.concatenate([np.asarray(out["bias"]).reshape(1),
+                           np.asarray(out["dense"]["kernel"]).reshape(-1)])
+    assert_close(flat, np.concatenate([flat_out[step, 6:], flat_out[step, :6]]), 1e-5)
+    assert_close(state.weights, flat_weights[step], 1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(NEEDS))
+def test_degenerate_inputs_stay_finite(name):
+  rng = np.random.default_rng(3)
+  row = rng.normal(size=DIM)
+  cases = {
+      "zero rows": (np.stack([row, np.zeros(DIM), np.zeros(DIM)]), [1.0, 0.0, 0.0]),
+      "identical rows": (np.stack([row, row, row]), [1.0, 1.0, 1.0]),
+      "opposite rows": (np.stack([row, -row, row]), [0.5, 2.0, 1e-7]),
+      "all losses zero": (np.zeros((3, DIM)), [0.0, 0.0, 0.0]),
+  }
+  # No warm-up, so the degenerate cases reach STCH's logsumexp phase too.
+  hparams = {"warmup_steps": 0, "nadir_steps": 1} if name == "stch" else {}
+  balancer = balancers.get(name, 3, **hparams)
+  update = jax.jit(balancer.update)
+  state = balancer.init(jnp.zeros(DIM))
+  for label, (jacobian, loss) in list(cases.items()) * 2:
+    out, state = update(jnp.asarray(jacobian, jnp.float32), state,
+                        task_losses=jnp.asarray(loss, jnp.float32))
+    leaves = [np.asarray(out)] + [np.asarray(leaf) for leaf in jax.tree.leaves(state)]
+    assert all(np.all(np.isfinite(leaf)) for leaf in leaves if leaf.dtype.kind == "f"), label
+
+  single = balancers.get(name, 1, **hparams)
+  update = jax.jit(single.update)
+  state = single.init(jnp.zeros(DIM))
+  for loss in (0.7, 0.5, 0.0):
+    out, state = update(jnp.ones((1, DIM)), state, task_losses=jnp.array([loss]))
+    assert out.shape == (DIM,) and np.all(np.isfinite(out)) and state.weights.shape == (1,)
+
+
+@pytest.mark.parametrize("name", sorted(NEEDS))
+def test_state_round_trips_through_tree_flatten(name):
+  jacobians, losses = random_problem(2, steps=6)
+  hparams = {"warmup_steps": 1, "nadir_steps": 1} if name == "stch" else {}
+  balancer = balancers.get(name, 2, **hparams)
+  update = jax.jit(balancer.update)
+  state = balancer.init(jnp.zeros(DIM))
+  for jacobian, loss in zip(jacobians[:3], losses[:3]):
+    _, state = update(jnp.asarray(jacobian, jnp.float32), state,
+                      task_losses=jnp.asarray(loss, jnp.float32))
+  leaves, treedef = jax.tree.flatten(state)
+  assert all(isinstance(leaf, jax.Array) for leaf in leaves)
+  restored = jax.tree.unflatten(treedef, [np.asarray(leaf) for leaf in leaves])
+  assert type(restored).__name__.endswith("State") and restored.weights.dtype == jnp.float32
+  _, expected_weights, _ = run_jmtl(balancers.get(name, 2, **hparams), jacobians, losses)
+  for step in range(3, 6):
+    _, restored = update(jnp.asarray(jacobians[step], jnp.float32), restored,
+                         task_losses=jnp.asarray(losses[step], jnp.float32))
+    assert_close(restored.weights, expected_weights[step], 1e-6)
