@@ -1,0 +1,122 @@
+"""GradNorm: learnable task weights that equalise the tasks' training rates."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jmtl.balancers._base import EPS
+from jmtl.balancers._base import Balancer
+from jmtl.balancers._base import gram_matrix
+from jmtl.balancers._base import register
+from jmtl.balancers._base import weighted_sum
+
+PyTree = Any
+
+
+class GradNormState(NamedTuple):
+  weights: jax.Array          # [T] w(t+1): the weights the NEXT update applies; sum to T
+  initial_losses: jax.Array   # [T] L_i(0), captured by the first update
+  step: jax.Array             # int32, updates done so far
+  optimizer_state: optax.OptState  # of the weight optimiser (Adam or SGD)
+
+
+def last_layer(task_grads: PyTree) -> PyTree:
+  """The gradients of the last shared layer: GradNorm's W.
+
+  In a nested dict (e.g. Flax params, in creation order) descends into the LAST key at
+  each level until the last value is not a dict, and returns that level's array entries
+  (e.g. ``{"kernel": ..., "bias": ...}`` of the last Dense). Lists and tuples descend into
+  their last element. An array is returned whole.
+  """
+  node = task_grads
+  while True:
+    if isinstance(node, Mapping) and node:
+      last = node[list(node)[-1]]
+      if isinstance(last, Mapping | list | tuple):
+        node = last
+        continue
+      return {key: value for key, value in node.items()
+              if not isinstance(value, Mapping | list | tuple)}
+    if isinstance(node, list | tuple) and node and not hasattr(node, "_fields"):
+      node = node[-1]
+      continue
+    return node
+
+
+def gradnorm_weight_gradient(weights: jax.Array, grad_norms: jax.Array, task_losses: jax.Array,
+                             initial_losses: jax.Array, alpha: float) -> jax.Array:
+  """Gradient w.r.t. w of ``L_grad = sum_i |w_i n_i - mean_j(w_j n_j) r_i^alpha|``.
+
+  ``n_i = ||grad_W L_i||``, ``r_i`` the inverse training rate ``L~_i / mean_j L~_j`` with
+  ``L~_i = L_i / L_i(0)``. As in the paper the target ``mean_j(w_j n_j) r_i^alpha`` is a
+  constant, so ``dL_grad/dw_i = sign(w_i n_i - target_i) n_i``.
+  """
+  weighted_norms = weights * grad_norms
+  # GradNorm assumes positive losses; clamping keeps r_i in [0, T] (hence finite) otherwise.
+  loss_ratios = jnp.maximum(task_losses, 0.0) / jnp.maximum(initial_losses, EPS)
+  inverse_rates = loss_ratios / jnp.maximum(jnp.mean(loss_ratios), EPS)
+  targets = jnp.mean(weighted_norms) * inverse_rates ** alpha
+  return jnp.sign(weighted_norms - targets) * grad_norms
+
+
+@register("gradnorm", paper="Chen et al. 2018, GradNorm: Gradient Normalization for Adaptive "
+          "Loss Balancing in Deep Multitask Networks, ICML")
+def gradnorm(num_tasks: int, *, alpha: float = 1.5, lr: float = 0.025,
+             optimizer: Literal["adam", "sgd"] = "adam",
+             layer: Callable[[PyTree], PyTree] = last_layer,
+             min_weight: float = 1e-4) -> Balancer:
+  """GradNorm (Chen et al. 2018): ``g = sum_i w_i(t) g_i``, then one optimiser step on w.
+
+  The weights are pushed so that every task's gradient norm on the last shared layer W,
+  ``||grad_W w_i L_i||``, approaches the mean norm times ``r_i^alpha`` (``r_i``: the task's
+  inverse training rate relative to L_i(0)), then renormalised to sum to T.
+  ``state.weights`` holds w(t+1), the weights the next update applies.
+
+  Args:
+    num_tasks: T.
+    alpha: asymmetry; 0 equalises gradient norms, larger values restore slow tasks harder.
+    lr: learning rate of the weight optimiser.
+    optimizer: ``"adam"`` (``optax.adam(lr)``, as the reference implementations, which
+      train w with the model's Adam; insensitive to the gradients' scale) or ``"sgd"``
+      (plain step ``w - lr * dL_grad/dw``).
+    layer: selects W's sub-pytree of ``task_grads`` (leaves keep the task axis).
+    min_weight: floor applied before renormalising, so a weight can never reach zero or
+      flip sign on an overshooting step (not in the paper; inactive while w_i > floor).
+  """
+  if optimizer == "adam":
+    weight_optimizer = optax.adam(lr)
+  elif optimizer == "sgd":
+    weight_optimizer = optax.sgd(lr)
+  else:
+    raise ValueError(f"gradnorm: optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+
+  def init(params):
+    del params
+    weights = jnp.ones((num_tasks,), jnp.float32)
+    return GradNormState(weights=weights, initial_losses=jnp.ones((num_tasks,), jnp.float32),
+                         step=jnp.zeros((), jnp.int32),
+                         optimizer_state=weight_optimizer.init(weights))
+
+  def update(task_grads, state, params=None, *, task_losses):
+    del params
+    task_losses = jnp.asarray(task_losses, jnp.float32)
+    initial_losses = jnp.where(state.step == 0, task_losses, state.initial_losses)
+    grads = weighted_sum(state.weights, task_grads)
+
+    grad_norms = jnp.sqrt(jnp.maximum(jnp.diag(gram_matrix(layer(task_grads))), 0.0))
+    weight_grad = gradnorm_weight_gradient(
+        state.weights, grad_norms, task_losses, initial_losses, alpha)
+    steps, optimizer_state = weight_optimizer.update(
+        weight_grad, state.optimizer_state, state.weights)
+    weights = jnp.maximum(optax.apply_updates(state.weights, steps), min_weight)
+    weights = (num_tasks * weights / jnp.sum(weights)).astype(jnp.float32)
+
+    return grads, GradNormState(weights=weights, initial_losses=initial_losses,
+                                step=state.step + 1, optimizer_state=optimizer_state)
+
+  return Balancer(init=init, update=update, needs="jacobian")
