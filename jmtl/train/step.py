@@ -106,7 +106,7 @@ def train_step(state: TrainState, batch, *, model: MultiTaskModel, balancer: Bal
   grads, losses, balancer_state, gram = balanced_gradients(
       model, balancer, state.params, state.balancer_state, batch, rng if dropout else None,
       grad_mode=grad_mode, axis_name=axis_name, log_cosines=log_cosines)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   finite = jnp.all(jnp.isfinite(losses)) & jnp.isfinite(grad_norm)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)

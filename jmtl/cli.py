@@ -1,0 +1,116 @@
+"""The ``jmtl`` command: train, eval, data prepare, bench.
+
+  jmtl train --config configs/default.py --workdir runs/default [--config.KEY=VALUE ...]
+  jmtl eval  --config configs/default.py --workdir runs/default [--checkpoint STEP | --best]
+  jmtl data prepare SUITE [--data_dir DIR] [--force]
+  jmtl bench NAME [ARGS ...]          (runs benchmarks/NAME.py from the repository)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import sys
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="jmtl", description=__doc__.split("\n")[0])
+  commands = parser.add_subparsers(dest="command", required=True)
+  for name, help_text in (("train", "train (or resume) a multi-task model"),
+                          ("eval", "evaluate a saved checkpoint")):
+    p = commands.add_parser(name, help=help_text,
+                            epilog="Override any config key with --config.KEY=VALUE.")
+    p.add_argument("--config", required=True, help="Python file with get_config()")
+    p.add_argument("--workdir", required=True, help="folder for checkpoints and logs")
+    if name == "eval":
+      which = p.add_mutually_exclusive_group()
+      which.add_argument("--checkpoint", type=int, help="step to evaluate (default: newest)")
+      which.add_argument("--best", action="store_true", help="the best checkpoint")
+      p.add_argument("--split", default="validation", choices=("validation", "test", "train"))
+  data = commands.add_parser("data", help="prepare datasets").add_subparsers(
+      dest="data_command", required=True)
+  prepare = data.add_parser("prepare", help="download and build a suite")
+  prepare.add_argument("suite")
+  prepare.add_argument("--data_dir", default=None)
+  prepare.add_argument("--force", action="store_true", help="rebuild even if present")
+  bench = commands.add_parser("bench", help="run a benchmark script from benchmarks/")
+  bench.add_argument("name")
+  bench.add_argument("args", nargs=argparse.REMAINDER)
+  return parser
+
+
+def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+  rest, overrides = [], []
+  i = 0
+  while i < len(argv):
+    arg = argv[i]
+    if arg.startswith("--config."):
+      if "=" in arg:
+        overrides.append(arg[len("--config."):])
+      elif i + 1 < len(argv):
+        overrides.append(f"{arg[len('--config.'):]}={argv[i + 1]}")
+        i += 1
+      else:
+        overrides.append(arg[len("--config."):])  # reported as not KEY=VALUE
+    else:
+      rest.append(arg)
+    i += 1
+  return rest, overrides
+
+
+def _bench(name: str, args: list[str]) -> None:
+  root = os.path.join(os.getcwd(), "benchmarks")
+  path = os.path.join(root, f"{name}.py")
+  if not os.path.isfile(path):
+    available = sorted(f[:-3] for f in os.listdir(root) if f.endswith(".py") and
+                       not f.startswith("_")) if os.path.isdir(root) else []
+    raise FileNotFoundError(f"no benchmark {name!r} in {root}"
+                            + (f"; available: {', '.join(available)}" if available else
+                               " (run from the repository root)"))
+  sys.argv = [path, *args]
+  sys.path.insert(0, os.getcwd())
+  runpy.run_path(path, run_name="__main__")
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  rest, overrides = _split_overrides(argv)
+  args = _parser().parse_args(rest)
+  # Imports after parsing: `jmtl --help` stays fast.
+  from jmtl.config import ConfigError, load_config
+  from jmtl.data import DataError
+  from jmtl.train.checkpoint import CheckpointError
+  from jmtl.train.loop import NonFiniteLossError
+  try:
+    if args.command == "data":
+      from jmtl import data
+      data.prepare(args.suite, args.data_dir, force=args.force)
+    elif args.command == "bench":
+      _bench(args.name, args.args)
+    else:
+      config = load_config(args.config, overrides)
+      from jmtl.train import loop
+      if args.command == "train":
+        loop.train_and_evaluate(config, args.workdir)
+      else:
+        loop.evaluate_checkpoint(config, args.workdir, step=args.checkpoint, best=args.best,
+                                 split=args.split)
+  except KeyboardInterrupt:
+    return EXIT_INTERRUPTED
+  except (ConfigError, DataError, CheckpointError, NonFiniteLossError, FileNotFoundError) as e:
+    print(f"jmtl: error: {e}", file=sys.stderr)
+    return EXIT_ERROR
+  except (KeyError, TypeError, ValueError) as e:
+    # Unknown balancer names and bad hyperparameters come from the balancer registry.
+    message = e.args[0] if isinstance(e, KeyError) and e.args else e
+    print(f"jmtl: error: {message}", file=sys.stderr)
+    return EXIT_ERROR
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

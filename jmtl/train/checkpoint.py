@@ -1,0 +1,149 @@
+"""Orbax checkpoints holding everything an exact resume needs.
+
+Each checkpoint has three items: ``state`` (the TrainState: params, optimizer state, balancer
+state, RNG, step and counters), ``data`` (the training iterator's position, JSON) and
+``config`` (the run's config, JSON). ``<workdir>/checkpoints`` keeps the last K steps;
+``<workdir>/best`` keeps the best step by the chosen metric. Saves are asynchronous;
+Orbax writes each step into a temporary folder and renames it when complete, so an
+interrupted save never shadows the previous good step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable
+
+import jax
+import orbax.checkpoint as ocp
+
+from jmtl.train.state import TrainState
+
+# Config sections that define the parameters' shapes and meaning: a checkpoint written under
+# other values cannot be resumed by this run.
+IDENTITY_KEYS = ("data.suite", "data.tasks", "data.max_len", "data.vocab_size", "model",
+                 "balancer.name")
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that cannot be used by this run; nothing has been overwritten."""
+
+
+def _get(config: dict, dotted: str):
+  node = config
+  for part in dotted.split("."):
+    if not isinstance(node, dict) or part not in node:
+      return None
+    node = node[part]
+  return node
+
+
+def config_mismatches(saved: dict, current: dict) -> list[str]:
+  """``key: saved -> current`` for every identity key whose value differs."""
+  out = []
+  for key in IDENTITY_KEYS:
+    a, b = _get(saved, key), _get(current, key)
+    if json.dumps(a, sort_keys=True, default=list) != json.dumps(b, sort_keys=True, default=list):
+      out.append(f"{key}: checkpoint has {a!r}, config has {b!r}")
+  return out
+
+
+class Checkpoints:
+  """Last-K and best-by-metric checkpoints of one workdir."""
+
+  def __init__(self, workdir: str, *, keep: int = 3, best_metric: str | None = None,
+               best_mode: str = "max", async_save: bool = True):
+    self.workdir = workdir
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
+    self._latest = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), options=options)
+    self.best_metric = best_metric
+    self._best = None
+    if best_metric:
+      best_options = ocp.CheckpointManagerOptions(
+          max_to_keep=1, best_fn=lambda m: m[best_metric], best_mode=best_mode,
+          enable_async_checkpointing=async_save, create=True)
+      self._best = ocp.CheckpointManager(os.path.join(workdir, "best"), options=best_options)
+
+  @staticmethod
+  def _save_args(state: TrainState, data_state: dict, config_json: str):
+    return ocp.args.Composite(state=ocp.args.StandardSave(state),
+                              data=ocp.args.JsonSave(data_state),
+                              config=ocp.args.JsonSave(json.loads(config_json)))
+
+  def save(self, step: int, state: TrainState, data_state: dict, config_json: str) -> None:
+    self._latest.save(step, args=self._save_args(state, data_state, config_json))
+
+  def save_best(self, step: int, state: TrainState, data_state: dict, config_json: str,
+                metrics: dict[str, float]) -> None:
+    if self._best is not None and self.best_metric in metrics:
+      self._best.save(step, args=self._save_args(state, data_state, config_json),
+                      metrics={k: float(v) for k, v in metrics.items()})
+
+  def steps(self) -> list[int]:
+    return sorted(self._latest.all_steps())
+
+  def best_step(self) -> int | None:
+    return None if self._best is None else self._best.best_step()
+
+  def saved_config(self, step: int, *, best: bool = False) -> dict:
+    manager = self._best if best else self._latest
+    return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
+  def restore(self, abstract_state: TrainState, current_config: dict, *,
+              step: int | None = None, best: bool = False,
+              warn: Callable[[str], None] = print) -> tuple[int, TrainState, dict] | None:
+    """The newest readable checkpoint (or ``step``), or None when there is none.
+
+    An unreadable step is reported and the previous one tried. A config whose identity
+    keys differ from the checkpoint's raises ``CheckpointError``.
+    """
+    manager = self._best if best else self._latest
+    if manager is None:
+      raise CheckpointError("no best-checkpoint metric is configured for this run")
+    steps = sorted(manager.all_steps(), reverse=True)
+    if step is not None:
+      if step not in steps:
+        raise CheckpointError(f"no checkpoint at step {step} in {manager.directory}; "
+                              f"available: {sorted(steps) or 'none'}")
+      steps = [step]
+    failures = []
+    for candidate in steps:
+      try:
+        saved_config = manager.restore(
+            candidate, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+      except Exception as e:  # unreadable metadata: fall back to an older step
+        failures.append(f"step {candidate}: {type(e).__name__}: {str(e)[:200]}")
+        warn(f"checkpoint step {candidate} is unreadable ({failures[-1]}); trying an older one")
+        continue
+      mismatches = config_mismatches(saved_config, current_config)
+      if mismatches:
+        raise CheckpointError(
+            f"the checkpoint in {manager.directory} (step {candidate}) was written with another "
+            "config; refusing to resume (use a new --workdir):\n  " + "\n  ".join(mismatches))
+      target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+      try:
+        restored = manager.restore(candidate, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+      except Exception as e:
+        failures.append(f"step {candidate}: {type(e).__name__}: {str(e)[:200]}")
+        warn(f"checkpoint step {candidate} is unreadable ({failures[-1]}); trying an older one")
+        continue
+      if failures:
+        warn(f"resumed from step {candidate}, the newest readable checkpoint")
+      return candidate, restored["state"], restored["data"]
+    if failures:
+      raise CheckpointError("no readable checkpoint in " f"{manager.directory}:\n  " + "\n  ".join(failures))
+    return None
+
+  def wait(self) -> None:
+    self._latest.wait_until_finished()
+    if self._best is not None:
+      self._best.wait_until_finished()
+
+  def close(self) -> None:
+    self.wait()
+    self._latest.close()
+    if self._best is not None:
+      self._best.close()
+

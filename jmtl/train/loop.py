@@ -1,0 +1,305 @@
+"""``train_and_evaluate(config, workdir)``: the main job, callable from Python.
+
+Builds the suite, model, balancer and optimizer from the config; resumes from the newest
+readable checkpoint in ``workdir``; trains with a progress bar, JSONL logs, periodic
+evaluation and asynchronous Orbax checkpoints; prints a per-task table at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+
+from jmtl import balancers, data, metrics as metrics_lib
+from jmtl.config import ConfigError, balancer_hparams, to_json
+from jmtl.models import EncoderConfig, MultiTaskModel
+from jmtl.train import checkpoint as ckpt_lib
+from jmtl.train.evaluate import evaluate, make_eval_fn, selection_score
+from jmtl.train.logging import MetricLogger
+from jmtl.train.parallel import make_train_step
+from jmtl.train.state import create_train_state
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Raised with ``train.nan_policy='stop'``; the bad step never reached a checkpoint."""
+
+
+def check_workdir(workdir: str) -> None:
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ConfigError(f"workdir {workdir!r} is a file, not a directory")
+  os.makedirs(workdir, exist_ok=True)
+
+
+def build_optimizer(config: ml_collections.ConfigDict, total_steps: int):
+  opt = config.optimizer
+  if opt.schedule == "constant":
+    lr = optax.constant_schedule(opt.learning_rate)
+  elif opt.schedule == "warmup_cosine":
+    lr = optax.warmup_cosine_decay_schedule(
+        0.0, opt.learning_rate, max(1, min(opt.warmup_steps, total_steps - 1)), total_steps,
+        end_value=opt.learning_rate * opt.final_lr_fraction)
+  elif opt.schedule == "warmup_linear":
+    lr = optax.join_schedules([
+        optax.linear_schedule(0.0, opt.learning_rate, max(1, opt.warmup_steps)),
+        optax.linear_schedule(opt.learning_rate, opt.learning_rate * opt.final_lr_fraction,
+                              max(1, total_steps - opt.warmup_steps))], [opt.warmup_steps])
+  else:
+    raise ConfigError(f"optimizer.schedule {opt.schedule!r}: use constant, warmup_cosine or "
+                      "warmup_linear")
+  if opt.name == "adamw":
+    base = optax.adamw(lr, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay)
+  elif opt.name == "adam":
+    base = optax.adam(lr, b1=opt.b1, b2=opt.b2)
+  elif opt.name == "sgd":
+    base = optax.sgd(lr, momentum=opt.momentum or None)
+  else:
+    raise ConfigError(f"optimizer.name {opt.name!r}: use adamw, adam or sgd")
+  return optax.chain(optax.clip_by_global_norm(opt.clip_norm), base) if opt.clip_norm else base
+
+
+def suite_spec(suite: str):
+  """A suite name, or the mapping in a JSON file describing the user's own data files
+  (relative paths in it are relative to the JSON file)."""
+  if not suite.endswith(".json"):
+    return suite
+  if not os.path.isfile(suite):
+    raise ConfigError(f"data.suite: suite file {suite!r} does not exist")
+  with open(suite) as f:
+    try:
+      spec = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ConfigError(f"data.suite: {suite}: invalid JSON at line {e.lineno}: {e.msg}") from None
+  if isinstance(spec, dict):
+    spec.setdefault("root", os.path.dirname(os.path.abspath(suite)))
+  return spec
+
+
+def load_suite(config: ml_collections.ConfigDict):
+  d = config.data
+  suite = data.load_suite(suite_spec(d.suite), d.data_dir or None, max_len=d.max_len, lowercase=d.lowercase,
+                          vocab_size=d.vocab_size, vocab_file=d.vocab_file or None,
+                          buckets=tuple(d.buckets))
+  tasks = suite.tasks
+  if d.tasks:
+    known = {t.name: t for t in suite.tasks}
+    unknown = [name for name in d.tasks if name not in known]
+    if unknown:
+      raise ConfigError(f"data.tasks names {unknown} not in suite {d.suite!r}; its tasks: "
+                        f"{', '.join(known)}")
+    tasks = tuple(known[name] for name in d.tasks)
+  return suite, tasks
+
+
+def build_model(config: ml_collections.ConfigDict, suite, tasks) -> MultiTaskModel:
+  m = config.model
+  encoder = EncoderConfig(vocab_size=suite.vocab_size, width=m.width, depth=m.depth,
+                          num_heads=m.num_heads, mlp_width=m.mlp_width,
+                          max_length=max(suite.buckets), dropout=m.dropout,
+                          attention_dropout=m.attention_dropout, pooled_width=m.pooled_width)
+  return MultiTaskModel(encoder, tasks, head_hidden=m.head_hidden)
+
+
+def train_iterator(config: ml_collections.ConfigDict, suite, tasks):
+  d = config.data
+  anneal = tuple(d.anneal) if d.sampler == "annealed" else None
+  iterator = suite.train_iterator(d.batch_size, sampler=d.sampler, temperature=d.temperature,
+                                  size_cap=d.size_cap or None, anneal=anneal, seed=config.seed)
+  names = {t.name for t in tasks}
+  def restrict(batch):  # single-task runs on a multi-input suite drop the other tasks' batches
+    if "input_ids" in batch:
+      return batch
+    return {k: v for k, v in batch.items() if k in names}
+  return iterator, restrict
+
+
+def load_baselines(config: ml_collections.ConfigDict, tasks) -> dict[str, float] | None:
+  path = config.baselines
+  if not path:
+    return None
+  if not os.path.isfile(path):
+    raise ConfigError(f"baselines file {path!r} does not exist (train the single-task config first)")
+  with open(path) as f:
+    baselines = json.load(f)
+  missing = [t.name for t in tasks if t.name not in baselines]
+  if missing:
+    raise ConfigError(f"baselines file {path!r} has no entry for tasks {missing}")
+  return {t.name: float(baselines[t.name]) for t in tasks}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       out=sys.stdout) -> dict[str, Any]:
+  """Trains (or resumes) and evaluates; returns ``{"step", "validation", "test", ...}``."""
+  check_workdir(workdir)
+  if config.single_task:
+    from jmtl.train.baselines import train_single_task_baselines
+    return train_single_task_baselines(config, workdir, out=out)
+  say = lambda msg: print(msg, file=out, flush=True)
+  suite, tasks = load_suite(config)
+  model = build_model(config, suite, tasks)
+  balancer = balancers.get(config.balancer.name, len(tasks), **balancer_hparams(config))
+  baselines = load_baselines(config, tasks)
+  steps = config.train.steps
+  optimizer = build_optimizer(config, steps)
+  iterator, restrict = train_iterator(config, suite, tasks)
+  example, _ = train_iterator(config, suite, tasks)
+  example = restrict(next(example))
+  t = config.train
+  step_fn = make_train_step(model, balancer, optimizer, grad_mode=config.grad_mode,
+                            parallelism=t.parallelism, num_devices=t.num_devices or None,
+                            log_cosines=t.log_cosines)
+  rep_shapes = None
+  if config.grad_mode == "rep" and balancer.needs != "losses":
+    rep_shapes = jax.eval_shape(lambda b: model.encode(
+        model.init(jax.random.PRNGKey(0), b)["encoder"], b), example)
+  create = lambda: create_train_state(model, balancer, optimizer, example, config.seed,
+                                      balancer_params=rep_shapes)
+  abstract_state = jax.eval_shape(create)
+  config_dict = json.loads(to_json(config))
+  checkpoints = ckpt_lib.Checkpoints(workdir, keep=t.keep_checkpoints,
+                                     best_metric="score" if t.keep_best else None)
+  restored = checkpoints.restore(abstract_state, config_dict, warn=say)
+  if restored is None:
+    state = jax.jit(create)()
+    start = 0
+  else:
+    start, state, data_state = restored
+    iterator.set_state(data_state)
+    say(f"resumed from step {start} in {workdir}")
+  state = step_fn.place_state(state)
+  eval_fn = make_eval_fn(model)
+  logger = MetricLogger(workdir, tensorboard=t.tensorboard, warn=say)
+  config_json = to_json(config)
+  names = model.names
+
+  def save(step_number, host_state):
+    checkpoints.save(step_number, host_state, iterator.get_state(), config_json)
+
+  def run_eval(step_number, split):
+    host_state = step_fn.gather_state(state)
+    results = evaluate(model, eval_fn, host_state.params,
+                       suite.eval_batches(split, config.data.eval_batch_size))
+    score = selection_score(results, tasks, baselines)
+    logger.write({"step": step_number, "split": split, "score": score, "tasks": results})
+    return host_state, results, score
+
+  progress = _progress(t.progress, start, steps)
+  timer = time.perf_counter()
+  step_number = start
+  try:
+    while step_number < steps:
+      batch = restrict(next(iterator))
+      state, step_metrics = step_fn(state, step_fn.place_batch(batch))
+      step_number += 1
+      if t.nan_policy == "stop" or step_number % t.log_every == 0 or step_number == steps:
+        host = jax.device_get(step_fn.unreplicate_metrics(step_metrics))
+        if not bool(host["finite"]) and t.nan_policy == "stop":
+          raise NonFiniteLossError(
+              f"non-finite loss or gradient at step {step_number} (losses "
+              f"{dict(zip(names, np.asarray(host['losses']).tolist()))}); stopped with "
+              f"nan_policy='stop'; the last checkpoint is step "
+              f"{(checkpoints.steps() or ['none'])[-1]}")
+        if step_number % t.log_every == 0 or step_number == steps:
+          elapsed = time.perf_counter() - timer
+          timer = time.perf_counter()
+          record = _step_record(step_number, host, names, t.log_every / max(elapsed, 1e-9))
+          record["nonfinite_steps"] = int(jax.device_get(step_fn.gather_state(state).nonfinite_steps))
+          logger.write(record)
+          progress.set_postfix({n: f"{record['losses'][n]:.3f}" for n in names}, refresh=False)
+      progress.update(1)
+      if t.eval_every and step_number % t.eval_every == 0 and step_number < steps:
+        host_state, _, score = run_eval(step_number, "validation")
+        checkpoints.save_best(step_number, host_state, iterator.get_state(), config_json,
+                              {"score": score})
+      if step_number % t.checkpoint_every == 0 or step_number == steps:
+        save(step_number, step_fn.gather_state(state))
+    progress.close()
+    host_state, validation, score = run_eval(step_number, "validation")
+    checkpoints.save_best(step_number, host_state, iterator.get_state(), config_json,
+                          {"score": score})
+    test = None
+    if any("test" in suite.sizes[tk.name] for tk in tasks):
+      _, test, _ = run_eval(step_number, "test")
+  except KeyboardInterrupt:
+    progress.close()
+    checkpoints.close()  # finish the in-flight save, so the next run resumes from it
+    say(f"interrupted at step {step_number}; checkpoints: {checkpoints.steps()}; "
+        "run the same command again to resume")
+    raise
+  finally:
+    logger.close()
+  checkpoints.close()
+  nonfinite = int(jax.device_get(host_state.nonfinite_steps))
+  main = {tk.name: tk.main_metric for tk in tasks}
+  delta = selection_score(validation, tasks, baselines) if baselines else None
+  say(f"\nvalidation at step {step_number}:\n" + metrics_lib.summarize_results(validation, main, delta))
+  if test:
+    delta_test = selection_score(test, tasks, baselines) if baselines else None
+    say(f"\ntest at step {step_number}:\n" + metrics_lib.summarize_results(test, main, delta_test))
+  if nonfinite:
+    say(f"{nonfinite} step(s) were skipped for a non-finite loss or gradient")
+  result = {"step": step_number, "validation": validation, "test": test,
+            "delta_m": delta, "nonfinite_steps": nonfinite}
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(result, f, indent=2, default=float)
+  return result
+
+
+def _step_record(step: int, host, names, steps_per_second: float) -> dict[str, Any]:
+  record = {"step": step, "split": "train",
+            "losses": dict(zip(names, np.asarray(host["losses"], float).tolist())),
+            "grad_norm": float(host["grad_norm"]), "steps_per_second": steps_per_second}
+  if "weights" in host:
+    record["weights"] = dict(zip(names, np.asarray(host["weights"], float).tolist()))
+  if "cosines" in host:
+    c = np.asarray(host["cosines"], float)
+    record["cosines"] = {f"{names[i]}|{names[j]}": float(c[i, j])
+                         for i in range(len(names)) for j in range(i + 1, len(names))}
+  return record
+
+
+def _progress(enabled: bool, start: int, total: int):
+  from tqdm import tqdm
+  return tqdm(total=total, initial=start, disable=not enabled, unit="step", dynamic_ncols=True,
+              file=sys.stderr)
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
+                        step: int | None = None, best: bool = False, split: str = "validation",
+                        out=sys.stdout) -> dict[str, Any]:
+  """Evaluates a saved checkpoint (newest, ``step``, or the best) on ``split``."""
+  if not os.path.isdir(workdir):
+    raise ConfigError(f"workdir {workdir!r} does not exist")
+  suite, tasks = load_suite(config)
+  model = build_model(config, suite, tasks)
+  balancer = balancers.get(config.balancer.name, len(tasks), **balancer_hparams(config))
+  optimizer = build_optimizer(config, config.train.steps)
+  example, restrict = train_iterator(config, suite, tasks)
+  example = restrict(next(example))
+  abstract_state = jax.eval_shape(
+      lambda: create_train_state(model, balancer, optimizer, example, config.seed))
+  checkpoints = ckpt_lib.Checkpoints(workdir, keep=config.train.keep_checkpoints,
+                                     best_metric="score" if best else None, async_save=False)
+  if best:
+    step = checkpoints.best_step()
+  restored = checkpoints.restore(abstract_state, json.loads(to_json(config)), step=step,
+                                 best=best, warn=lambda m: print(m, file=out))
+  checkpoints.close()
+  if restored is None:
+    raise ckpt_lib.CheckpointError(f"no checkpoint in {workdir}")
+  step, state, _ = restored
+  results = evaluate(model, make_eval_fn(model), state.params,
+                     suite.eval_batches(split, config.data.eval_batch_size))
+  baselines = load_baselines(config, tasks)
+  delta = selection_score(results, tasks, baselines) if baselines else None
+  main = {tk.name: tk.main_metric for tk in tasks}
+  print(f"{split} at step {step}:\n" + metrics_lib.summarize_results(results, main, delta),
+        file=out, flush=True)
+  return {"step": step, split: results, "delta_m": delta}

@@ -1,0 +1,145 @@
+"""End-to-end runs of train_and_evaluate on a tiny generated suite."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from jmtl.config import ConfigError, base_config, load_config
+from jmtl.train import loop
+from jmtl.train.checkpoint import CheckpointError
+from tiny_suite import write_tiny_suite
+
+
+def tiny_config(suite_path, data_dir, **train):
+  c = base_config()
+  c.data.suite = suite_path
+  c.data.data_dir = data_dir
+  c.data.max_len = 16
+  c.data.buckets = (16,)
+  c.data.vocab_size = 200
+  c.data.batch_size = 4
+  c.data.eval_batch_size = 8
+  c.model.update(dict(width=16, depth=1, num_heads=2, mlp_width=32, pooled_width=16,
+                      head_hidden=8))
+  c.optimizer.warmup_steps = 2
+  c.train.update(dict(steps=6, log_every=2, eval_every=0, checkpoint_every=3, progress=False))
+  c.train.update(train)
+  return c
+
+
+@pytest.fixture(scope="module")
+def suite_path(tmp_path_factory):
+  root = tmp_path_factory.mktemp("tiny")
+  return write_tiny_suite(str(root)), str(root / "data_dir")
+
+
+def _restore(workdir, config):
+  from jmtl import balancers
+  from jmtl.config import balancer_hparams, to_json
+  from jmtl.train.checkpoint import Checkpoints
+  from jmtl.train.state import create_train_state
+  suite, tasks = loop.load_suite(config)
+  model = loop.build_model(config, suite, tasks)
+  balancer = balancers.get(config.balancer.name, len(tasks), **balancer_hparams(config))
+  opt = loop.build_optimizer(config, config.train.steps)
+  it, restrict = loop.train_iterator(config, suite, tasks)
+  example = restrict(next(it))
+  abstract = jax.eval_shape(lambda: create_train_state(model, balancer, opt, example, config.seed))
+  ckpts = Checkpoints(workdir, async_save=False)
+  step, state, data_state = ckpts.restore(abstract, json.loads(to_json(config)))
+  ckpts.close()
+  return step, state, data_state
+
+
+def test_train_writes_logs_checkpoints_and_results(suite_path, tmp_path):
+  path, data_dir = suite_path
+  config = tiny_config(path, data_dir, eval_every=3)
+  config.balancer.name = "pcgrad"
+  result = loop.train_and_evaluate(config, str(tmp_path), out=open(os.devnull, "w"))
+  assert result["step"] == 6
+  assert set(result["validation"]) == {"ner", "topic", "lm"}
+  assert 0 <= result["validation"]["topic"]["accuracy"] <= 1
+  assert np.isfinite(result["validation"]["lm"]["perplexity"])
+  records = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  train = [r for r in records if r["split"] == "train"]
+  assert [r["step"] for r in train] == [2, 4, 6]
+  assert set(train[0]["losses"]) == {"ner", "topic", "lm"}
+  assert "ner|topic" in train[0]["cosines"] and "weights" in train[0]
+  assert any(r["split"] == "validation" for r in records)
+  assert sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()) == [3, 6]
+  assert json.load(open(tmp_path / "results.json"))["step"] == 6
+
+
+@pytest.mark.parametrize("method", ["equal_weight", "gradnorm"])
+def test_resume_is_bit_identical(suite_path, tmp_path, method):
+  """2N steps in one go == N steps, stop, resume for N more."""
+  path, data_dir = suite_path
+  full = tiny_config(path, data_dir, steps=6, checkpoint_every=3)
+  full.balancer.name = method
+  loop.train_and_evaluate(full, str(tmp_path / "full"), out=open(os.devnull, "w"))
+  half = tiny_config(path, data_dir, steps=3, checkpoint_every=3)
+  half.balancer.name = method
+  loop.train_and_evaluate(half, str(tmp_path / "split"), out=open(os.devnull, "w"))
+  loop.train_and_evaluate(full, str(tmp_path / "split"), out=open(os.devnull, "w"))
+  step_a, a, data_a = _restore(str(tmp_path / "full"), full)
+  step_b, b, data_b = _restore(str(tmp_path / "split"), full)
+  assert step_a == step_b == 6
+  assert data_a == data_b
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_config_mismatch_is_refused_and_nothing_overwritten(suite_path, tmp_path):
+  path, data_dir = suite_path
+  config = tiny_config(path, data_dir, steps=3)
+  loop.train_and_evaluate(config, str(tmp_path), out=open(os.devnull, "w"))
+  before = sorted(os.listdir(tmp_path / "checkpoints"))
+  other = tiny_config(path, data_dir, steps=6)
+  other.model.width = 32
+  with pytest.raises(CheckpointError, match="model"):
+    loop.train_and_evaluate(other, str(tmp_path), out=open(os.devnull, "w"))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+
+
+def test_corrupt_checkpoint_falls_back_to_previous_step(suite_path, tmp_path):
+  path, data_dir = suite_path
+  config = tiny_config(path, data_dir, steps=6, checkpoint_every=3)
+  loop.train_and_evaluate(config, str(tmp_path), out=open(os.devnull, "w"))
+  state_dir = tmp_path / "checkpoints" / "6" / "state"
+  for root, _, files in os.walk(state_dir):
+    for name in files:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"garbage")
+  messages = []
+  step, _, _ = _restore_with_warnings(str(tmp_path), config, messages)
+  assert step == 3
+  assert any("step 6 is unreadable" in m for m in messages)
+
+
+def _restore_with_warnings(workdir, config, messages):
+  from jmtl import balancers
+  from jmtl.config import balancer_hparams, to_json
+  from jmtl.train.checkpoint import Checkpoints
+  from jmtl.train.state import create_train_state
+  suite, tasks = loop.load_suite(config)
+  model = loop.build_model(config, suite, tasks)
+  balancer = balancers.get(config.balancer.name, len(tasks), **balancer_hparams(config))
+  opt = loop.build_optimizer(config, config.train.steps)
+  it, restrict = loop.train_iterator(config, suite, tasks)
+  abstract = jax.eval_shape(lambda: create_train_state(model, balancer, opt, restrict(next(it)),
+                                                       config.seed))
+  ckpts = Checkpoints(workdir, async_save=False)
+  out = ckpts.restore(abstract, json.loads(to_json(config)), warn=messages.append)
+  ckpts.close()
+  return out
+
+
+def test_workdir_that_is_a_file_is_an_error(suite_path, tmp_path):
+  path, data_dir = suite_path
+  target = tmp_path / "file"
+  target.write_text("x")
+  with pytest.raises(ConfigError, match="is a file"):
+    loop.train_and_evaluate(tiny_config(path, data_dir), str(target), out=open(os.devnull, "w"))
