@@ -1,0 +1,167 @@
+"""Reading a suite's TFDS records and tokenizing them into flat arrays, cached on disk.
+
+A split is tokenized once per (tokenizer, max_len) and kept as flat int32
+arrays with row offsets (``EncodedSplit``); batches are then NumPy slicing.
+The cache lives in ``<suite_dir>/encoded/<tokenizer hash>-L<max_len>/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jmtl.data import tokenize
+from jmtl.data.builders import named
+from jmtl.data.builders.common import quiet_tfds
+from jmtl.data.config import SourceConfig
+
+
+@dataclasses.dataclass
+class EncodedSplit:
+  """Tokenized examples of one source and split.
+
+  Attributes:
+    offsets: int64 [n + 1]; example i spans ``ids[offsets[i]:offsets[i + 1]]``.
+    ids: int32 token ids of all examples, concatenated.
+    type_ids: int32 segment ids, same layout.
+    token_labels: tagging task -> int32 per-token labels (-1 = none), same layout.
+    labels: sentence task -> [n] int32 (classes) or float32 (regression).
+    truncated: bool [n], whether example i was cut to fit max_len.
+  """
+
+  offsets: np.ndarray
+  ids: np.ndarray
+  type_ids: np.ndarray
+  token_labels: dict[str, np.ndarray]
+  labels: dict[str, np.ndarray]
+  truncated: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.offsets) - 1
+
+  @property
+  def lengths(self) -> np.ndarray:
+    return np.diff(self.offsets)
+
+  def save(self, path: Path) -> None:
+    arrays = {"offsets": self.offsets, "ids": self.ids, "type_ids": self.type_ids,
+              "truncated": self.truncated}
+    arrays.update({f"token_labels/{k}": v for k, v in self.token_labels.items()})
+    arrays.update({f"labels/{k}": v for k, v in self.labels.items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp.npz", delete=False) as handle:
+      np.savez(handle, **arrays)
+    os.replace(handle.name, path)
+
+  @classmethod
+  def load(cls, path: Path) -> EncodedSplit:
+    with np.load(path) as data:
+      arrays = {k: data[k] for k in data.files}
+    return cls(offsets=arrays["offsets"], ids=arrays["ids"], type_ids=arrays["type_ids"],
+               truncated=arrays["truncated"],
+               token_labels={k.split("/", 1)[1]: v for k, v in arrays.items()
+                             if k.startswith("token_labels/")},
+               labels={k.split("/", 1)[1]: v for k, v in arrays.items()
+                       if k.startswith("labels/")})
+
+
+def _text(value: Any) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def open_split(suite_dir: Path, source: SourceConfig, entry: dict[str, Any], split: str):
+  """Random-access records of a split: ``tfds.data_source`` semantics."""
+  if source.format == "tfds":
+    return named.data_source(source, entry["splits"][split])
+  with quiet_tfds() as tfds:
+    builder = tfds.builder_from_directory(str(suite_dir / entry["dataset"] / entry["version"]))
+    return builder.as_data_source(split=split)
+
+
+def read_split(suite_dir: Path, source: SourceConfig, entry: dict[str, Any], split: str
+               ) -> list[dict[str, Any]]:
+  """All records of a split as plain dicts: tokens or text (+ pair), and labels."""
+  records = open_split(suite_dir, source, entry, split)
+  raw = records.__getitems__(list(range(len(records))))
+  if source.format == "tfds":
+    keys = {"tokens": source.option("tokens"), "text": source.option("text"),
+            "text_pair": source.option("text_pair")}
+    label_keys = {t.name: t.label for t in source.tasks}
+  else:
+    keys = {"tokens": "tokens", "text": "text", "text_pair": "text_pair"}
+    label_keys = {t.name: t.name for t in source.tasks}
+  result = []
+  for record in raw:
+    item: dict[str, Any] = {}
+    if source.token_level:
+      item["tokens"] = [_text(w) for w in record[keys["tokens"]]]
+    else:
+      item["text"] = _text(record[keys["text"]])
+      if keys["text_pair"] and keys["text_pair"] in record:
+        item["text_pair"] = _text(record[keys["text_pair"]])
+    for task in source.tasks:
+      if task.kind != "mlm":
+        item[task.name] = record[label_keys[task.name]]
+    result.append(item)
+  return result
+
+
+def training_texts(records: list[dict[str, Any]]):
+  """The text of records, for training a tokenizer."""
+  for record in records:
+    if "tokens" in record:
+      yield " ".join(record["tokens"])
+    else:
+      yield record["text"]
+      if record.get("text_pair"):
+        yield record["text_pair"]
+
+
+def encode_records(records: list[dict[str, Any]], source: SourceConfig,
+                   wordpiece: tokenize.WordPiece) -> EncodedSplit:
+  """Tokenizes records and aligns word-level tags to their first sub-word."""
+  if source.token_level:
+    encoded = wordpiece.encode_words([r["tokens"] for r in records])
+  else:
+    pairs = [r.get("text_pair", "") for r in records]
+    encoded = wordpiece.encode_texts([r["text"] for r in records],
+                                     pairs if any(pairs) else None)
+  lengths = np.array([len(e.ids) for e in encoded], np.int64)
+  offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+  concat = lambda parts: (np.concatenate(parts) if parts else np.zeros(0, np.int32))
+  token_labels, labels = {}, {}
+  for task in source.tasks:
+    if task.kind == "tagging":
+      token_labels[task.name] = concat([tokenize.align_tags(e.word_ids, r[task.name])
+                                        for e, r in zip(encoded, records)])
+    elif task.kind == "classification":
+      labels[task.name] = np.array([int(r[task.name]) for r in records], np.int32)
+    elif task.kind == "regression":
+      labels[task.name] = np.array([float(r[task.name]) for r in records], np.float32)
+  return EncodedSplit(offsets=offsets, ids=concat([e.ids for e in encoded]),
+                      type_ids=concat([e.type_ids for e in encoded]),
+                      token_labels=token_labels, labels=labels,
+                      truncated=np.array([e.truncated for e in encoded], bool))
+
+
+def cache_key(tokenizer_json: str, max_len: int) -> str:
+  digest = hashlib.sha256(tokenizer_json.encode()).hexdigest()[:16]
+  return f"{digest}-L{max_len}"
+
+
+def load_or_encode(suite_dir: Path, source: SourceConfig, entry: dict[str, Any], split: str,
+                   wordpiece: tokenize.WordPiece, key: str,
+                   read: Callable[..., list[dict[str, Any]]] = read_split) -> EncodedSplit:
+  path = suite_dir / "encoded" / key / f"{source.name}.{split}.npz"
+  if path.exists():
+    return EncodedSplit.load(path)
+  encoded = encode_records(read(suite_dir, source, entry, split), source, wordpiece)
+  encoded.save(path)
+  return encoded

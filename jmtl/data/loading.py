@@ -1,0 +1,115 @@
+"""``prepare`` and ``load_suite``: from a suite name or config to a ``Suite``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from jmtl.data import encode, extras, store, suites, tokenize
+from jmtl.data.config import SPLITS, TaskConfig
+from jmtl.data.errors import DataError
+from jmtl.data.pipeline import Suite, _Source
+from jmtl.tasks import TaskSpec
+
+SUITES = tuple(suites.STAGES) + tuple(extras.STAGES)
+Log = Callable[[str], None]
+
+
+def _ensure(suite: str | Mapping[str, Any], data_dir, *, force: bool, log: Log):
+  data_dir = store.resolve(data_dir)
+  if isinstance(suite, Mapping):
+    name = suite.get("name")
+    if not isinstance(name, str) or not name:
+      raise DataError("suite.name: required key is missing")
+    return data_dir, store.ensure(suite, data_dir, name, force=force, log=log)
+  if suite in suites.STAGES or suite in extras.STAGES:
+    stage = suites.STAGES.get(suite) or extras.STAGES[suite]
+    version = suites.VERSIONS.get(suite) or extras.VERSIONS[suite]
+    downloads = data_dir / "_downloads"
+    return data_dir, store.ensure(None, data_dir, suite, fingerprint=version, force=force,
+                                  stage=lambda raw: stage(raw, downloads, log), log=log)
+  manifest = store.read_manifest(data_dir / str(suite))
+  if manifest is None:
+    raise DataError(f"suite {suite!r}: not a built-in suite ({', '.join(SUITES)}) and not "
+                    f"built in {data_dir}; pass a config mapping to build it")
+  from jmtl.data.config import parse_suite  # pylint: disable=g-import-not-at-top
+  return data_dir, (parse_suite(manifest["config"]), manifest)
+
+
+def prepare(suite: str | Mapping[str, Any], data_dir: str | os.PathLike | None = None, *,
+            force: bool = False, log: Log = print) -> dict[str, dict[str, int]]:
+  """Builds (or reuses) a suite and returns per task its split sizes and label count.
+
+  Args:
+    suite: a name in ``SUITES`` or a suite config mapping (see ``jmtl.data``).
+    data_dir: defaults to ``$JMTL_DATA_DIR`` or ``~/.cache/jmtl/data``.
+    force: rebuild even when an up-to-date build exists.
+    log: receives one line per step and per task.
+
+  Returns:
+    ``{task: {"train": n, "validation": n, "test": n, "labels": k}}``.
+  """
+  data_dir, (parsed, manifest) = _ensure(suite, data_dir, force=force, log=log)
+  # Train the default tokenizer and tokenize once: reports truncation, warms the cache.
+  loaded = load_suite(parsed.name, data_dir, log=log)
+  result = store.summary(parsed, manifest, loaded.vocab_size)
+  for task, counts in result.items():
+    log(f"{parsed.name}/{task}: train {counts['train']}, validation {counts['validation']}, "
+        f"test {counts['test']}, {counts['labels']} labels")
+  return result
+
+
+def _spec(task: TaskConfig, entry: Mapping[str, Any], vocab_size: int) -> TaskSpec:
+  extra = dict(task.spec)
+  if "metrics" in extra:
+    extra["metrics"] = tuple(extra["metrics"])
+  if task.kind == "mlm":
+    return TaskSpec(task.name, task.kind, num_labels=vocab_size, **extra)
+  if task.kind == "regression":
+    return TaskSpec(task.name, task.kind, num_labels=1, **extra)
+  names = tuple(entry["labels"][task.name])
+  return TaskSpec(task.name, task.kind, num_labels=len(names), label_names=names, **extra)
+
+
+def load_suite(name_or_config: str | Mapping[str, Any],
+               data_dir: str | os.PathLike | None = None, *, max_len: int = 64,
+               lowercase: bool = True, vocab_size: int = 8000,
+               vocab_file: str | os.PathLike | None = None,
+               buckets: Sequence[int] = (16, 32, 64), log: Log = print) -> Suite:
+  """A tokenized ``Suite``, preparing it first if needed.
+
+  Args:
+    name_or_config: a name in ``SUITES``, the name of a suite built earlier in
+      ``data_dir``, or a config mapping describing local files.
+    data_dir: defaults to ``$JMTL_DATA_DIR`` or ``~/.cache/jmtl/data``.
+    max_len: longest sequence in tokens, [CLS] and [SEP] included.
+    lowercase: lowercase before WordPiece.
+    vocab_size: size of the WordPiece vocabulary trained on the suite.
+    vocab_file: a BERT ``vocab.txt`` to use instead of training one.
+    buckets: padded lengths of batches (``max_len`` is always added).
+    log: receives progress and truncation lines.
+  """
+  data_dir, (parsed, manifest) = _ensure(name_or_config, data_dir, force=False, log=log)
+  suite_dir = data_dir / parsed.name
+  if vocab_file is not None:
+    tokenizer = tokenize.from_vocab_file(vocab_file, lowercase=lowercase)
+  else:
+    tokenizer = store.tokenizer_for(suite_dir, parsed, manifest, vocab_size=vocab_size,
+                                    lowercase=lowercase, log=log)
+  wordpiece = tokenize.WordPiece(tokenizer, max_len)
+  key = encode.cache_key(tokenizer.to_str(), max_len)
+  sources = []
+  for source, entry in zip(parsed.sources, manifest["sources"]):
+    splits = {split: encode.load_or_encode(suite_dir, source, entry, split, wordpiece, key)
+              for split in SPLITS if split in entry["sizes"]}
+    specs = tuple(_spec(task, entry, wordpiece.vocab_size) for task in source.tasks)
+    sources.append(_Source(source, specs, splits))
+  suite = Suite(parsed.name, parsed.layout, sources, wordpiece, buckets)
+  for source in sources:
+    cut = {split: int(data.truncated.sum()) for split, data in source.splits.items()}
+    if any(cut.values()):
+      log(f"{parsed.name}/{','.join(t.name for t in source.tasks)}: truncated to "
+          f"max_len={max_len}: " + ", ".join(
+              f"{split} {count}/{len(source.splits[split])}" for split, count in cut.items()))
+  return suite
