@@ -229,13 +229,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       _, test, _ = run_eval(step_number, "test")
   except KeyboardInterrupt:
     progress.close()
-    checkpoints.close()  # finish the in-flight save, so the next run resumes from it
+    checkpoints.wait()  # finish the in-flight save, so the next run resumes from it
     say(f"interrupted at step {step_number}; checkpoints: {checkpoints.steps()}; "
         "run the same command again to resume")
     raise
   finally:
+    # Whatever stopped the run, saves already started complete: nothing saved is lost.
+    checkpoints.close()
     logger.close()
-  checkpoints.close()
   nonfinite = int(jax.device_get(host_state.nonfinite_steps))
   main = {tk.name: tk.main_metric for tk in tasks}
   delta = selection_score(validation, tasks, baselines) if baselines else None

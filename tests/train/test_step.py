@@ -1,0 +1,63 @@
+"""The train step: non-finite steps change nothing, no recompilation, donation."""
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from conftest import TASKS, TINY, make_batch
+from jmtl.balancers import get
+from jmtl.models import MultiTaskModel
+from jmtl.train.parallel import make_train_step
+from jmtl.train.state import create_train_state
+
+
+def _setup(method="pcgrad", grad_mode="exact", tasks=TASKS[:3]):
+  model = MultiTaskModel(TINY, tasks)
+  balancer = get(method, num_tasks=len(tasks))
+  optimizer = optax.adam(1e-3)
+  batch = make_batch(tasks)
+  state = jax.jit(lambda: create_train_state(model, balancer, optimizer, batch, 0))()
+  step = make_train_step(model, balancer, optimizer, grad_mode=grad_mode)
+  return model, step, state, batch
+
+
+def test_nonfinite_step_is_skipped_and_counted():
+  _, step, state, batch = _setup()
+  before = jax.tree.map(np.asarray, state)
+  bad = dict(batch, score=np.full_like(batch["score"], np.nan))  # a labelled NaN target
+  state, metrics = step(state, bad)
+  assert not bool(metrics["finite"])
+  assert int(state.nonfinite_steps) == 1 and int(state.step) == 1
+  for a, b in zip(jax.tree.leaves(before.params), jax.tree.leaves(state.params)):
+    np.testing.assert_array_equal(a, b)
+  state, metrics = step(state, batch)  # and training goes on
+  assert bool(metrics["finite"]) and int(state.nonfinite_steps) == 1
+
+
+@pytest.mark.parametrize("method,grad_mode", [("pcgrad", "exact"), ("pcgrad", "rep"),
+                                              ("dwa", "exact"), ("gradnorm", "exact")])
+def test_second_step_does_not_recompile(method, grad_mode):
+  _, step, state, batch = _setup(method, grad_mode)
+  state, _ = step(state, batch)
+  size = step._fn._cache_size()
+  for seed in (1, 2):
+    state, metrics = step(state, make_batch(TASKS[:3], seed=seed))
+  assert step._fn._cache_size() == size == 1
+  assert np.all(np.isfinite(metrics["losses"]))
+
+
+def test_state_is_donated():
+  _, step, state, batch = _setup()
+  old_leaf = jax.tree.leaves(state.params)[0]
+  step(state, batch)
+  assert old_leaf.is_deleted()
+
+
+def test_metrics_carry_weights_and_cosines():
+  _, step, state, batch = _setup("mgda")
+  _, metrics = step(state, batch)
+  weights, cosines = np.asarray(metrics["weights"]), np.asarray(metrics["cosines"])
+  assert weights.shape == (3,) and cosines.shape == (3, 3)
+  np.testing.assert_allclose(np.diag(cosines), 1.0, rtol=1e-5)
+  assert np.all(np.abs(cosines) <= 1 + 1e-5)
