@@ -121,7 +121,11 @@ class Checkpoints:
         raise CheckpointError(
             f"the checkpoint in {manager.directory} (step {candidate}) was written with another "
             "config; refusing to resume (use a new --workdir):\n  " + "\n  ".join(mismatches))
-      target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+      # Onto one device: the caller's CompiledStep.place_state lays it out for any device
+      # count, so a checkpoint written from N devices restores onto M.
+      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                            abstract_state)
       try:
         restored = manager.restore(candidate, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))

@@ -52,7 +52,9 @@ class CompiledStep:
 
   def place_state(self, state: TrainState) -> TrainState:
     if self.parallelism == "pmap":  # one replica per device; pmap splits the leading axis
-      return jax.tree.map(lambda x: jnp.broadcast_to(x, (self.num_devices, *jnp.shape(x))), state)
+      # Through host arrays: a restored state may carry any sharding, pmap wants its own.
+      return jax.tree.map(
+          lambda x: np.broadcast_to(np.asarray(x), (self.num_devices, *np.shape(x))), state)
     if self.parallelism == "sharded":
       return jax.device_put(state, NamedSharding(self.mesh, P()))
     return state

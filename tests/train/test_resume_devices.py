@@ -1,0 +1,50 @@
+"""Exact resume under pmap on 2 fake devices, and restoring onto another device count."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    sys.path.insert(0, {here!r})
+    import jax, numpy as np
+    from test_loop import tiny_config, _restore
+    from tiny_suite import write_tiny_suite
+    from jmtl.train import loop
+    root = {root!r}
+    path = write_tiny_suite(root)
+    data_dir = os.path.join(root, "data_dir")
+    devnull = open(os.devnull, "w")
+    def run(workdir, steps, parallelism):
+      c = tiny_config(path, data_dir, steps=steps, checkpoint_every=3, parallelism=parallelism)
+      c.balancer.name = "pcgrad"
+      loop.train_and_evaluate(c, os.path.join(root, workdir), out=devnull)
+      return c
+    full = run("full", 6, "pmap")
+    run("split", 3, "pmap"); run("split", 6, "pmap")
+    a, b = _restore(os.path.join(root, "full"), full)[1], _restore(os.path.join(root, "split"), full)[1]
+    same = all(np.array_equal(np.asarray(x), np.asarray(y))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    # Saved from 2 devices (pmap), resumed on one device and on a 2-device mesh.
+    run("moved", 3, "pmap")
+    moved = run("moved", 6, "none")
+    run("moved_sharded", 3, "pmap")
+    run("moved_sharded", 6, "sharded")
+    print("RESULT" + json.dumps({{"devices": len(jax.devices()), "bit_identical": same,
+                                  "moved_step": _restore(os.path.join(root, "moved"), moved)[0],
+                                  "sharded_step": _restore(os.path.join(root, "moved_sharded"), moved)[0]}}))
+""")
+
+
+def test_pmap_resume_bit_identical_and_device_count_change(tmp_path):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+  code = SCRIPT.format(here=os.path.dirname(__file__), root=str(tmp_path))
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       timeout=900, cwd=os.path.dirname(__file__))
+  assert out.returncode == 0, out.stderr[-4000:]
+  result = json.loads(next(l for l in out.stdout.splitlines() if l.startswith("RESULT"))[6:])
+  assert result["devices"] == 2
+  assert result["bit_identical"]
+  assert result["moved_step"] == 6 and result["sharded_step"] == 6
