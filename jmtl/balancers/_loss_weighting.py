@@ -10,7 +10,6 @@ mean) instead of reading a spurious "perfect fit" from it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -34,41 +33,6 @@ def masked_log(task_losses: jax.Array, present: jax.Array) -> jax.Array:
 
 
 # ---------------------------------------------------------------- linear scalarisation
-
-
-class LinearScalarizationState(NamedTuple):
-  weights: jax.Array  # [T], the user's fixed weights
-
-
-@register("linear_scalarization", paper="Caruana 1997, Multitask Learning, Machine Learning")
-def linear_scalarization(num_tasks: int, *,
-                         weights: Sequence[float] | None = None) -> Balancer:
-  """Fixed user weights: ``g = sum_i w_i g_i``, the gradient of ``sum_i w_i L_i``.
-
-  Args:
-    num_tasks: T.
-    weights: T floats; ``None`` means all ones.
-
-  Raises:
-    ValueError: ``weights`` does not hold exactly ``num_tasks`` finite values.
-  """
-  values = [1.0] * num_tasks if weights is None else [float(w) for w in weights]
-  if len(values) != num_tasks:
-    raise ValueError(f"linear_scalarization: got {len(values)} weights {values} "
-                     f"for num_tasks={num_tasks}; pass exactly one weight per task")
-  if not all(abs(v) < float("inf") for v in values):
-    raise ValueError(f"linear_scalarization: weights must be finite, got {values}")
-  fixed = jnp.asarray(values, jnp.float32)
-
-  def init(params):
-    del params
-    return LinearScalarizationState(weights=fixed)
-
-  def weigh(task_losses, state):
-    del task_losses
-    return state.weights, state
-
-  return from_loss_weights(init, weigh)
 
 
 # ---------------------------------------------------------------- learnable log-scales

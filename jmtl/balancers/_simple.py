@@ -84,6 +84,12 @@ def constant(num_tasks: int, *, weights: Sequence[float] | None = None) -> Balan
   return _fixed_weights(jnp.asarray(values, jnp.float32), ConstantState)
 
 
+# The same methods under the names other libraries use (torchjd's Mean, LibMTL's linear
+# scalarisation): one implementation, several names.
+register("mean", paper=_LINEAR_SCALARISATION)(equal_weight)
+register("linear_scalarization", paper=_LINEAR_SCALARISATION)(constant)
+
+
 @register("random", paper="Lin et al. 2022, Reasonable Effectiveness of Random Weighting: "
           "A Litmus Test for Multi-Task Learning, TMLR (Dirichlet variant)")
 def random(num_tasks: int, *, concentration: float = 1.0, seed: int = 0) -> Balancer:
