@@ -145,6 +145,7 @@ def base_config() -> ml_collections.ConfigDict:
       checkpoint_every=250,
       keep_checkpoints=3,
       keep_best=True,
+      best_metric="score",  # "score" (Δm% with baselines, else mean main metric) or "TASK/METRIC"
       parallelism="none",  # none | pmap | sharded
       num_devices=0,  # 0 = all
       nan_policy="skip",  # skip (count and go on) | stop

@@ -1,45 +1,17 @@
-"""Shared fixtures: a tiny model and batches in both layouts."""
+"""Fixtures shared by the engine tests, and a compilation cache for every test process."""
 
-import numpy as np
+import os
+
 import pytest
 
-from jmtl.models import EncoderConfig, MultiTaskModel
-from jmtl.tasks import TaskSpec
+# The CLI and multi-device tests start many processes that compile the same programs: a
+# persistent cache (inherited through the environment) lets later ones load them instead.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(os.path.dirname(os.path.dirname(__file__)), ".cache", "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
-TINY = EncoderConfig(vocab_size=40, width=16, depth=2, num_heads=2, mlp_width=24, max_length=16,
-                     pooled_width=8, dropout=0.0, attention_dropout=0.0)
-
-TASKS = (
-    TaskSpec("topic", "classification", 3),
-    TaskSpec("score", "regression"),
-    TaskSpec("pos", "tagging", 5),
-    TaskSpec("qa", "span_qa"),
-    TaskSpec("mlm", "mlm", 40),
-)
-
-
-def make_batch(tasks=TASKS, batch_size=4, length=8, seed=0, vocab=40):
-  """A same-input batch with random labels for ``tasks`` and ragged padding."""
-  rng = np.random.default_rng(seed)
-  lengths = rng.integers(3, length + 1, batch_size)
-  attention = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
-  batch = {"input_ids": (rng.integers(1, vocab, (batch_size, length)) * attention).astype(np.int32),
-           "attention_mask": attention}
-  for spec in tasks:
-    if spec.token_level and spec.kind != "span_qa":
-      batch[spec.label_key] = rng.integers(0, spec.num_labels, (batch_size, length)).astype(np.int32)
-      batch[spec.mask_key] = (attention * (rng.random((batch_size, length)) < 0.8)).astype(np.float32)
-    elif spec.kind == "span_qa":
-      start = rng.integers(0, lengths)
-      batch[spec.label_key] = np.stack([start, np.minimum(start + 1, lengths - 1)], 1).astype(np.int32)
-      batch[spec.mask_key] = np.ones(batch_size, np.float32)
-    elif spec.kind == "regression":
-      batch[spec.label_key] = rng.normal(size=batch_size).astype(np.float32)
-      batch[spec.mask_key] = np.ones(batch_size, np.float32)
-    else:
-      batch[spec.label_key] = rng.integers(0, spec.num_labels, batch_size).astype(np.int32)
-      batch[spec.mask_key] = np.ones(batch_size, np.float32)
-  return batch
+from jmtl.models import MultiTaskModel
+from tiny_model import TASKS, TINY
 
 
 @pytest.fixture

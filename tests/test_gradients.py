@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import TASKS, TINY, make_batch
+from tiny_model import TASKS, TINY, make_batch
 from jmtl import gradients
 from jmtl.models import MultiTaskModel
 

@@ -76,7 +76,9 @@ class Checkpoints:
 
   def save_best(self, step: int, state: TrainState, data_state: dict, config_json: str,
                 metrics: dict[str, float]) -> None:
-    if self._best is not None and self.best_metric in metrics:
+    # A resumed run that had already finished evaluates its last step again: saved once.
+    if (self._best is not None and self.best_metric in metrics
+        and step not in self._best.all_steps()):
       self._best.save(step, args=self._save_args(state, data_state, config_json),
                       metrics={k: float(v) for k, v in metrics.items()})
 

@@ -120,18 +120,46 @@ def train_iterator(config: ml_collections.ConfigDict, suite, tasks):
   return iterator, restrict
 
 
-def load_baselines(config: ml_collections.ConfigDict, tasks) -> dict[str, float] | None:
+def best_metric(name: str, tasks):
+  """``(value_fn(score, results), mode)`` for ``train.best_metric``."""
+  if name == "score":
+    return (lambda score, results: score), "max"
+  task, _, metric = name.partition("/")
+  spec = next((t for t in tasks if t.name == task), None)
+  if spec is None or metric not in (*spec.metrics, "loss"):
+    valid = ["score"] + [f"{t.name}/{m}" for t in tasks for m in (*t.metrics, "loss")]
+    raise ConfigError(f"train.best_metric {name!r}: valid values are {', '.join(valid)}")
+  lower_is_better = metric in ("loss", "perplexity") or (
+      metric == spec.main_metric and not spec.higher_is_better)
+  return (lambda score, results: results[task][metric]), "min" if lower_is_better else "max"
+
+
+def load_baselines(config: ml_collections.ConfigDict, tasks) -> dict[str, dict[str, float]] | None:
+  """``{split: {task: baseline main metric}}`` from ``config.baselines``; a flat
+  ``{task: value}`` file holds validation baselines."""
   path = config.baselines
   if not path:
     return None
   if not os.path.isfile(path):
     raise ConfigError(f"baselines file {path!r} does not exist (train the single-task config first)")
   with open(path) as f:
-    baselines = json.load(f)
-  missing = [t.name for t in tasks if t.name not in baselines]
+    try:
+      raw = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ConfigError(f"baselines file {path!r}: invalid JSON at line {e.lineno}: {e.msg}") from None
+  if not isinstance(raw, dict) or not raw:
+    raise ConfigError(f"baselines file {path!r}: expected {{split: {{task: value}}}}")
+  by_split = raw if all(isinstance(v, dict) for v in raw.values()) else {"validation": raw}
+  validation = by_split.get("validation", {})
+  missing = [t.name for t in tasks if t.name not in validation]
   if missing:
-    raise ConfigError(f"baselines file {path!r} has no entry for tasks {missing}")
-  return {t.name: float(baselines[t.name]) for t in tasks}
+    raise ConfigError(f"baselines file {path!r} has no validation entry for tasks {missing}")
+  zero = [t.name for t in tasks if not validation[t.name]]
+  if zero:
+    print(f"baselines file {path!r}: tasks {zero} have a zero baseline, so Δm% (a relative "
+          "change) is undefined and not reported; train the baselines longer", file=sys.stderr)
+  return {split: {t.name: float(values[t.name]) for t in tasks if t.name in values}
+          for split, values in by_split.items()}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -163,8 +191,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                       balancer_params=rep_shapes)
   abstract_state = jax.eval_shape(create)
   config_dict = json.loads(to_json(config))
-  checkpoints = ckpt_lib.Checkpoints(workdir, keep=t.keep_checkpoints,
-                                     best_metric="score" if t.keep_best else None)
+  best_value, best_mode = best_metric(t.best_metric, tasks)
+  checkpoints = ckpt_lib.Checkpoints(workdir, keep=t.keep_checkpoints, best_mode=best_mode,
+                                     best_metric="best" if t.keep_best else None)
   restored = checkpoints.restore(abstract_state, config_dict, warn=say)
   if restored is None:
     state = jax.jit(create)()
@@ -186,9 +215,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     host_state = step_fn.gather_state(state)
     results = evaluate(model, eval_fn, host_state.params,
                        suite.eval_batches(split, config.data.eval_batch_size))
-    score = selection_score(results, tasks, baselines)
+    score = selection_score(results, tasks, _split_baselines(baselines, split, tasks))
     logger.write({"step": step_number, "split": split, "score": score, "tasks": results})
-    return host_state, results, score
+    return host_state, results, {"best": best_value(score, results)}
 
   progress = _progress(t.progress, start, steps)
   timer = time.perf_counter()
@@ -215,15 +244,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           progress.set_postfix({n: f"{record['losses'][n]:.3f}" for n in names}, refresh=False)
       progress.update(1)
       if t.eval_every and step_number % t.eval_every == 0 and step_number < steps:
-        host_state, _, score = run_eval(step_number, "validation")
-        checkpoints.save_best(step_number, host_state, iterator.get_state(), config_json,
-                              {"score": score})
+        host_state, _, best = run_eval(step_number, "validation")
+        checkpoints.save_best(step_number, host_state, iterator.get_state(), config_json, best)
       if step_number % t.checkpoint_every == 0 or step_number == steps:
         save(step_number, step_fn.gather_state(state))
     progress.close()
-    host_state, validation, score = run_eval(step_number, "validation")
-    checkpoints.save_best(step_number, host_state, iterator.get_state(), config_json,
-                          {"score": score})
+    host_state, validation, best = run_eval(step_number, "validation")
+    checkpoints.save_best(step_number, host_state, iterator.get_state(), config_json, best)
     test = None
     if any("test" in suite.sizes[tk.name] for tk in tasks):
       _, test, _ = run_eval(step_number, "test")
@@ -239,10 +266,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     logger.close()
   nonfinite = int(jax.device_get(host_state.nonfinite_steps))
   main = {tk.name: tk.main_metric for tk in tasks}
-  delta = selection_score(validation, tasks, baselines) if baselines else None
+  delta = _delta(validation, tasks, baselines, "validation")
   say(f"\nvalidation at step {step_number}:\n" + metrics_lib.summarize_results(validation, main, delta))
   if test:
-    delta_test = selection_score(test, tasks, baselines) if baselines else None
+    delta_test = _delta(test, tasks, baselines, "test")
     say(f"\ntest at step {step_number}:\n" + metrics_lib.summarize_results(test, main, delta_test))
   if nonfinite:
     say(f"{nonfinite} step(s) were skipped for a non-finite loss or gradient")
@@ -251,6 +278,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(result, f, indent=2, default=float)
   return result
+
+
+def _split_baselines(baselines, split, tasks):
+  """The split's baselines when every task has a usable one (else None: no Δm)."""
+  values = (baselines or {}).get(split, {})
+  usable = all(t.name in values and values[t.name] != 0 and np.isfinite(values[t.name])
+               for t in tasks)
+  return values if values and usable else None
+
+
+def _delta(results, tasks, baselines, split):
+  values = _split_baselines(baselines, split, tasks)
+  return selection_score(results, tasks, values) if values else None
 
 
 def _step_record(step: int, host, names, steps_per_second: float) -> dict[str, Any]:
@@ -287,7 +327,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   abstract_state = jax.eval_shape(
       lambda: create_train_state(model, balancer, optimizer, example, config.seed))
   checkpoints = ckpt_lib.Checkpoints(workdir, keep=config.train.keep_checkpoints,
-                                     best_metric="score" if best else None, async_save=False)
+                                     best_metric="best" if best else None, async_save=False)
   if best:
     step = checkpoints.best_step()
   restored = checkpoints.restore(abstract_state, json.loads(to_json(config)), step=step,
@@ -298,8 +338,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   step, state, _ = restored
   results = evaluate(model, make_eval_fn(model), state.params,
                      suite.eval_batches(split, config.data.eval_batch_size))
-  baselines = load_baselines(config, tasks)
-  delta = selection_score(results, tasks, baselines) if baselines else None
+  delta = _delta(results, tasks, load_baselines(config, tasks), split)
   main = {tk.name: tk.main_metric for tk in tasks}
   print(f"{split} at step {step}:\n" + metrics_lib.summarize_results(results, main, delta),
         file=out, flush=True)

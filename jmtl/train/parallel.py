@@ -107,3 +107,17 @@ def make_train_step(model: MultiTaskModel, balancer: Balancer,
                  out_shardings=(replicated, replicated))
     return CompiledStep("sharded", mesh.size, mesh, fn)
   raise ValueError(f"unknown parallelism {parallelism!r}: use 'none', 'pmap' or 'sharded'")
+
+
+def initialize_distributed(coordinator_address: str, num_processes: int, process_id: int,
+                           local_devices: int | None = None) -> None:
+  """Joins a multi-process run (one process per host) before any other JAX call.
+
+  Afterwards ``parallelism="sharded"`` spans every process's devices, and each process
+  passes only its own rows of the global batch to ``CompiledStep.place_batch``.
+  ``local_devices`` sets the CPU device count per process (for runs on one machine).
+  """
+  if local_devices:
+    jax.config.update("jax_num_cpu_devices", local_devices)
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes, process_id=process_id)

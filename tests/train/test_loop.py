@@ -90,6 +90,9 @@ def test_resume_is_bit_identical(suite_path, tmp_path, method):
   assert data_a == data_b
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  # rerunning a finished run trains nothing more and evaluates again
+  again = loop.train_and_evaluate(full, str(tmp_path / "full"), out=open(os.devnull, "w"))
+  assert again["step"] == 6
 
 
 def test_config_mismatch_is_refused_and_nothing_overwritten(suite_path, tmp_path):
@@ -143,3 +146,42 @@ def test_workdir_that_is_a_file_is_an_error(suite_path, tmp_path):
   target.write_text("x")
   with pytest.raises(ConfigError, match="is a file"):
     loop.train_and_evaluate(tiny_config(path, data_dir), str(target), out=open(os.devnull, "w"))
+
+
+def test_best_checkpoint_by_chosen_metric(suite_path, tmp_path):
+  path, data_dir = suite_path
+  config = tiny_config(path, data_dir, steps=6, eval_every=2, checkpoint_every=6,
+                       best_metric="topic/accuracy")
+  loop.train_and_evaluate(config, str(tmp_path), out=open(os.devnull, "w"))
+  evals = [r for r in map(json.loads, open(tmp_path / "metrics.jsonl")) if r["split"] == "validation"]
+  accuracy = {r["step"]: r["tasks"]["topic"]["accuracy"] for r in evals}
+  best_step = max(sorted(accuracy), key=lambda s: accuracy[s])  # the earliest of equal bests
+  result = loop.evaluate_checkpoint(config, str(tmp_path), best=True, out=open(os.devnull, "w"))
+  assert accuracy[result["step"]] == accuracy[best_step]
+  assert result["validation"]["topic"]["accuracy"] == pytest.approx(accuracy[result["step"]])
+  bad = tiny_config(path, data_dir, best_metric="topic/nope")
+  with pytest.raises(ConfigError, match="train.best_metric 'topic/nope': valid values are score"):
+    loop.train_and_evaluate(bad, str(tmp_path / "bad"), out=open(os.devnull, "w"))
+
+
+def test_single_task_baselines_then_delta_m(suite_path, tmp_path):
+  path, data_dir = suite_path
+  single = tiny_config(path, data_dir, steps=2, checkpoint_every=2)
+  single.single_task = True
+  out = loop.train_and_evaluate(single, str(tmp_path / "single"), out=open(os.devnull, "w"))
+  baselines = json.load(open(tmp_path / "single" / "baselines.json"))
+  assert set(baselines) == {"validation", "test"}
+  assert set(baselines["validation"]) == {"ner", "topic", "lm"}
+  # each baseline run trained its task only
+  assert set(out["runs"]["topic"]["validation"]) == {"topic"}
+  # Δm against known baselines (a short baseline run may score 0, where Δm is undefined)
+  known = {"validation": {"ner": 0.5, "topic": 0.4, "lm": 0.25}}
+  (tmp_path / "known.json").write_text(json.dumps(known))
+  multi = tiny_config(path, data_dir, steps=2, checkpoint_every=2)
+  multi.baselines = str(tmp_path / "known.json")
+  result = loop.train_and_evaluate(multi, str(tmp_path / "multi"), out=open(os.devnull, "w"))
+  main = {"ner": "span_f1", "topic": "accuracy", "lm": "accuracy"}
+  present = {t: result["validation"][t][m] for t, m in main.items()}
+  expected = 100 / 3 * sum((present[t] - known["validation"][t]) / known["validation"][t]
+                           for t in main)
+  assert result["delta_m"] == pytest.approx(expected)

@@ -16,7 +16,7 @@ SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np, optax
     sys.path.insert(0, {tests!r})
-    from conftest import TINY, make_batch
+    from tiny_model import TINY, make_batch
     from jmtl.balancers import get
     from jmtl.models import MultiTaskModel
     from jmtl.tasks import TaskSpec

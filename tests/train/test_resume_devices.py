@@ -1,4 +1,4 @@
-"""Exact resume under pmap on 2 fake devices, and restoring onto another device count."""
+"""Exact resume under pmap on 2 fake devices, and resuming a 2-device checkpoint on 1 device."""
 
 import json
 import os
@@ -7,7 +7,8 @@ import sys
 import textwrap
 
 SCRIPT = textwrap.dedent("""
-    import json, os, sys
+    import faulthandler, json, os, sys
+    faulthandler.dump_traceback_later(840, exit=True)  # a hang shows where it is
     sys.path.insert(0, {here!r})
     import jax, numpy as np
     from test_loop import tiny_config, _restore
@@ -22,19 +23,18 @@ SCRIPT = textwrap.dedent("""
       c.balancer.name = "pcgrad"
       loop.train_and_evaluate(c, os.path.join(root, workdir), out=devnull)
       return c
+    import shutil
     full = run("full", 6, "pmap")
-    run("split", 3, "pmap"); run("split", 6, "pmap")
+    run("split", 3, "pmap")
+    # The same step-3 checkpoint, written from 2 devices, resumes on 2 devices and on 1.
+    shutil.copytree(os.path.join(root, "split"), os.path.join(root, "moved"))
+    run("split", 6, "pmap")
     a, b = _restore(os.path.join(root, "full"), full)[1], _restore(os.path.join(root, "split"), full)[1]
     same = all(np.array_equal(np.asarray(x), np.asarray(y))
                for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-    # Saved from 2 devices (pmap), resumed on one device and on a 2-device mesh.
-    run("moved", 3, "pmap")
     moved = run("moved", 6, "none")
-    run("moved_sharded", 3, "pmap")
-    run("moved_sharded", 6, "sharded")
     print("RESULT" + json.dumps({{"devices": len(jax.devices()), "bit_identical": same,
-                                  "moved_step": _restore(os.path.join(root, "moved"), moved)[0],
-                                  "sharded_step": _restore(os.path.join(root, "moved_sharded"), moved)[0]}}))
+                                  "moved_step": _restore(os.path.join(root, "moved"), moved)[0]}}))
 """)
 
 
@@ -47,4 +47,4 @@ def test_pmap_resume_bit_identical_and_device_count_change(tmp_path):
   result = json.loads(next(l for l in out.stdout.splitlines() if l.startswith("RESULT"))[6:])
   assert result["devices"] == 2
   assert result["bit_identical"]
-  assert result["moved_step"] == 6 and result["sharded_step"] == 6
+  assert result["moved_step"] == 6

@@ -5,7 +5,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import TASKS, TINY, make_batch
+from tiny_model import TASKS, TINY, make_batch
 from jmtl.balancers import get
 from jmtl.models import MultiTaskModel
 from jmtl.train.parallel import make_train_step
