@@ -14,6 +14,8 @@ import jmtl.balancers as balancers
 from jmtl.balancers import gram_matrix
 from jmtl.balancers import weighted_sum
 
+from references import all_finite
+
 NUM_TASKS = 3
 NEEDS = ("losses", "gram", "jacobian")
 
@@ -39,11 +41,6 @@ def assert_trees_close(actual, expected, rtol=1e-5):
       np.testing.assert_allclose(a, e, rtol=rtol, atol=rtol * (np.abs(e).max(initial=0) + 1e-30))
     else:
       np.testing.assert_array_equal(a, e)
-
-
-def all_finite(tree):
-  return all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(tree)
-             if np.issubdtype(np.asarray(leaf).dtype, np.floating))
 
 
 @pytest.mark.parametrize("kind", ["array", "tree"])

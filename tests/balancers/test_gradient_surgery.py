@@ -7,55 +7,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import scipy.optimize
 
 import jmtl.balancers as balancers
 from jmtl.balancers import _gradient_surgery as surgery
 
+from references import all_finite
+from references import assert_close
+from references import compiled
+from references import gaussian_jacobian
+from references import min_norm_reference
+from references import run_update
+from references import simplex_projection
+
 DIM = 11
 TASK_COUNTS = (2, 3, 8)
 
-
-def random_jacobian(num_tasks, seed, dim=DIM):
-  return np.random.default_rng(seed).normal(size=(num_tasks, dim))
-
-
-@functools.lru_cache(maxsize=None)
-def build(name, num_tasks, **hparams):
-  """The balancer and its jitted update, cached so each configuration compiles once."""
-  balancer = balancers.get(name, num_tasks, **hparams)
-  return balancer, jax.jit(balancer.update)
-
-
-def run(name, jacobian, state=None, losses=None, **hparams):
-  """One jitted float32 update; returns (output as float64, new state)."""
-  num_tasks = jax.tree.leaves(jacobian)[0].shape[0]
-  balancer, update = build(name, num_tasks, **hparams)
-  grads = jax.tree.map(lambda j: jnp.asarray(j, jnp.float32), jacobian)
-  if state is None:
-    state = balancer.init(jax.tree.map(lambda g: g[0], grads))
-  if losses is None:
-    losses = np.ones(num_tasks)
-  out, state = update(grads, state, task_losses=jnp.asarray(losses, jnp.float32))
-  return jax.tree.map(lambda o: np.asarray(o, np.float64), out), state
-
-
-def assert_close(actual, expected, rtol=1e-4):
-  actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-  scale = max(np.abs(expected).max(), 1e-30)
-  np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
-
-
-def simplex_projection(vector):
-  """Projection onto the simplex by bisection on the threshold (not the sort algorithm)."""
-  low, high = vector.min() - 1.0, vector.max()
-  for _ in range(200):
-    middle = 0.5 * (low + high)
-    if np.maximum(vector - middle, 0.0).sum() > 1.0:
-      low = middle
-    else:
-      high = middle
-  return np.maximum(vector - 0.5 * (low + high), 0.0)
+random_jacobian = functools.partial(gaussian_jacobian, dim=DIM)
 
 
 @pytest.mark.parametrize("scale", [1.0, 1e12])
@@ -111,13 +78,13 @@ def test_gradvac_whole_matches_reference_over_steps(num_tasks):
     if state is not None:
       orders = gradvac_orders(state, num_tasks)
     else:
-      orders = gradvac_orders(build("gradvac", num_tasks, beta=beta)[0].init(jacobian[0]),
+      orders = gradvac_orders(compiled("gradvac", num_tasks, beta=beta)[0].init(jacobian[0]),
                               num_tasks)
-    out, state = run("gradvac", jacobian, state, beta=beta)
+    out, state = run_update("gradvac", jacobian, state, beta=beta)
     expected, targets = gradvac_reference(jacobian, targets, orders, beta)
     assert_close(out, expected)
     assert_close(state.targets[0], targets)
-  assert build("gradvac", num_tasks, beta=beta)[0].needs == "gram"
+  assert compiled("gradvac", num_tasks, beta=beta)[0].needs == "gram"
 
 
 @pytest.mark.parametrize("num_tasks", TASK_COUNTS)
@@ -128,12 +95,12 @@ def test_gradvac_leaf_matches_reference_per_leaf(num_tasks):
   for _ in range(2):
     jacobian = {"a": rng.normal(size=(num_tasks, 3, 2)), "b": rng.normal(size=(num_tasks, 5))}
     if state is None:
-      init_state = build("gradvac", num_tasks, granularity="leaf")[0].init(
+      init_state = compiled("gradvac", num_tasks, granularity="leaf")[0].init(
           {"a": np.zeros((3, 2)), "b": np.zeros(5)})
       orders = gradvac_orders(init_state, num_tasks)
     else:
       orders = gradvac_orders(state, num_tasks)
-    out, state = run("gradvac", jacobian, state, granularity="leaf")
+    out, state = run_update("gradvac", jacobian, state, granularity="leaf")
     for index, name in enumerate(("a", "b")):  # leaves in pytree order
       flat = jacobian[name].reshape(num_tasks, -1)
       expected, targets[name] = gradvac_reference(flat, targets[name], orders, 0.01)
@@ -178,13 +145,13 @@ def test_graddrop_matches_reference_with_the_same_draws(num_tasks):
   rng = np.random.default_rng(num_tasks)
   jacobian = {"a": rng.normal(size=(num_tasks, 3, 4)), "b": rng.normal(size=(num_tasks, 6))}
   leak = np.linspace(0.0, 0.5, num_tasks)
-  balancer, _ = build("graddrop", num_tasks, leak=tuple(leak))
+  balancer, _ = compiled("graddrop", num_tasks, leak=tuple(leak))
   state = balancer.init({"a": np.zeros((3, 4)), "b": np.zeros(6)})
   for _ in range(2):  # the key advances, so the second step uses fresh draws
     leaves = [jacobian["a"], jacobian["b"]]
     uniforms = graddrop_uniforms(state, leaves)
     expected = graddrop_reference(leaves, uniforms, leak)
-    out, new_state = run("graddrop", jacobian, state, leak=tuple(leak))
+    out, new_state = run_update("graddrop", jacobian, state, leak=tuple(leak))
     assert_close(out["a"], expected[0])
     assert_close(out["b"], expected[1])
     assert not np.array_equal(new_state.key, state.key)
@@ -193,12 +160,12 @@ def test_graddrop_matches_reference_with_the_same_draws(num_tasks):
 
 def test_graddrop_keeps_agreeing_signs_and_full_leak_sums():
   jacobian = np.abs(random_jacobian(3, seed=1)) * np.sign(random_jacobian(1, seed=2))
-  out, _ = run("graddrop", jacobian)  # every coordinate agrees in sign: purity 0 or 1
+  out, _ = run_update("graddrop", jacobian)  # every coordinate agrees in sign: purity 0 or 1
   assert_close(out, jacobian.sum(0))
   mixed = random_jacobian(3, seed=3)
-  out, _ = run("graddrop", mixed, leak=1.0)
+  out, _ = run_update("graddrop", mixed, leak=1.0)
   assert_close(out, mixed.sum(0))
-  out, _ = run("graddrop", mixed)  # no leak: each coordinate is one sign's sum (or 0)
+  out, _ = run_update("graddrop", mixed)  # no leak: each coordinate is one sign's sum (or 0)
   positive = np.where(mixed > 0, mixed, 0).sum(0)
   negative = np.where(mixed < 0, mixed, 0).sum(0)
   picked = np.isclose(out, positive, atol=1e-6) | np.isclose(out, negative, atol=1e-6)
@@ -209,7 +176,7 @@ def test_graddrop_keeps_positive_sign_at_the_purity_rate():
   """P(keep the positive part) = P: statistical check over many coordinates."""
   coordinates = 20000
   jacobian = np.tile(np.array([[3.0], [-1.0]]), (1, coordinates))  # purity 0.75 everywhere
-  out, _ = run("graddrop", jacobian, seed=4)
+  out, _ = run_update("graddrop", jacobian, seed=4)
   assert abs(np.mean(out == 3.0) - 0.75) < 0.02
   assert np.all((out == 3.0) | (out == -1.0))
 
@@ -229,7 +196,7 @@ def config_reference(jacobian):
 def test_config_matches_reference_and_has_no_conflict(num_tasks):
   magnitudes = np.exp(np.linspace(-1, 1, num_tasks))[:, None]  # unequal norms
   jacobian = random_jacobian(num_tasks, seed=num_tasks) * magnitudes
-  out, state = run("config", jacobian)
+  out, state = run_update("config", jacobian)
   assert_close(out, config_reference(jacobian))
   assert_close(jacobian.T @ state.weights, out)
   cosines = jacobian @ out / np.linalg.norm(jacobian, axis=1) / np.linalg.norm(out)
@@ -242,12 +209,12 @@ def test_config_degenerate_rows_match_reference():
   base = random_jacobian(3, seed=6)
   zero_row = base.copy()
   zero_row[1] = 0.0
-  out, _ = run("config", zero_row)
+  out, _ = run_update("config", zero_row)
   kept = config_reference(zero_row[[0, 2]])  # a zero unit vector adds nothing to U^+ 1
   assert_close(out, kept)
-  out, _ = run("config", np.tile(base[:1], (3, 1)))
+  out, _ = run_update("config", np.tile(base[:1], (3, 1)))
   assert_close(out, 3 * base[0])
-  out, _ = run("config", np.stack([base[0], -base[0]]))
+  out, _ = run_update("config", np.stack([base[0], -base[0]]))
   assert np.abs(out).max() < 1e-4 * np.abs(base[0]).max()
 
 
@@ -278,7 +245,7 @@ def test_moco_matches_reference_over_steps(num_tasks, normalize):
   expected, tracked, weights = moco_reference(jacobians, losses, *hparams.values())
   state = None
   for step in range(3):
-    out, state = run("moco", jacobians[step], state, losses=losses[step], **hparams)
+    out, state = run_update("moco", jacobians[step], state, losses=losses[step], **hparams)
     assert_close(out, expected[step])
   assert_close(state.tracked_grads, tracked)
   assert_close(state.weights, weights)
@@ -291,8 +258,8 @@ def test_moco_tracks_a_pytree():
   rng = np.random.default_rng(0)
   jacobian = {"a": rng.normal(size=(3, 2, 2)), "b": rng.normal(size=(3, 7))}
   flat = np.concatenate([jacobian["a"].reshape(3, -1), jacobian["b"]], axis=1)
-  out, state = run("moco", jacobian)
-  flat_out, _ = run("moco", flat)
+  out, state = run_update("moco", jacobian)
+  flat_out, _ = run_update("moco", flat)
   assert_close(np.concatenate([out["a"].ravel(), out["b"]]), flat_out)
   assert state.tracked_grads["a"].shape == (3, 2, 2)
 
@@ -319,7 +286,7 @@ def test_sdmgrad_matches_reference_with_warm_start(num_tasks):
   for step in range(2):
     jacobian = random_jacobian(num_tasks, seed=num_tasks + 100 * step)
     expected, simplex_weights = sdmgrad_reference(jacobian, simplex_weights, *hparams.values())
-    out, state = run("sdmgrad", jacobian, state, **hparams)
+    out, state = run_update("sdmgrad", jacobian, state, **hparams)
     assert_close(out, expected)
     assert_close(state.simplex_weights, simplex_weights)
 
@@ -327,21 +294,18 @@ def test_sdmgrad_matches_reference_with_warm_start(num_tasks):
 def test_sdmgrad_default_step_matches_reference():
   jacobian = random_jacobian(3, seed=7)
   expected, _ = sdmgrad_reference(jacobian, np.full(3, 1 / 3), 0.3, 20, 5.0, 0.5)
-  out, _ = run("sdmgrad", jacobian)
+  out, _ = run_update("sdmgrad", jacobian)
   assert_close(out, expected)
 
 
 def test_sdmgrad_without_regularisation_is_min_norm():
   """lam = 0 and enough inner steps: w solves min |J^T w|^2 on the simplex (MGDA)."""
   jacobian = random_jacobian(3, seed=5, dim=4) + np.array([1.0, 0.0, 0.0, 0.0])
-  gram = jacobian @ jacobian.T
-  solution = scipy.optimize.minimize(
-      lambda w: w @ gram @ w, np.full(3, 1 / 3), method="SLSQP", bounds=[(0, 1)] * 3,
-      constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1}], options={"ftol": 1e-14})
-  out, state = run("sdmgrad", jacobian, lam=0.0, num_iterations=300, step_size=0.2,
+  solution = min_norm_reference(jacobian @ jacobian.T)
+  out, state = run_update("sdmgrad", jacobian, lam=0.0, num_iterations=300, step_size=0.2,
                    momentum=0.5)
-  assert_close(state.simplex_weights, solution.x, rtol=1e-3)
-  assert_close(out, jacobian.T @ solution.x, rtol=1e-3)
+  assert_close(state.simplex_weights, solution, rtol=1e-3)
+  assert_close(out, jacobian.T @ solution, rtol=1e-3)
 
 
 # ---------------------------------------------------------------- Krum
@@ -363,7 +327,7 @@ def krum_reference(jacobian, n_byzantine, n_selected):
                                                               (8, 5, 1)])
 def test_krum_matches_reference(num_tasks, n_byzantine, n_selected):
   jacobian = random_jacobian(num_tasks, seed=num_tasks + n_byzantine)
-  out, state = run("krum", jacobian, n_byzantine=n_byzantine, n_selected=n_selected)
+  out, state = run_update("krum", jacobian, n_byzantine=n_byzantine, n_selected=n_selected)
   assert_close(out, krum_reference(jacobian, n_byzantine, n_selected))
   assert np.isclose(np.sum(state.weights), 1.0)
 
@@ -372,7 +336,7 @@ def test_krum_rejects_outliers_and_bad_sizes():
   honest = 1.0 + 0.01 * random_jacobian(6, seed=1)
   outliers = 100.0 * random_jacobian(2, seed=2)
   jacobian = np.concatenate([outliers[:1], honest, outliers[1:]])
-  _, state = run("krum", jacobian, n_byzantine=2, n_selected=4)
+  _, state = run_update("krum", jacobian, n_byzantine=2, n_selected=4)
   assert state.weights[0] == 0 and state.weights[-1] == 0
   with pytest.raises(ValueError, match="n_byzantine \\+ 3"):
     balancers.get("krum", 2)
@@ -387,7 +351,7 @@ def test_krum_rejects_outliers_and_bad_sizes():
 def test_trimmed_mean_matches_reference(num_tasks, trim_number):
   rng = np.random.default_rng(num_tasks)
   jacobian = {"a": rng.normal(size=(num_tasks, 2, 3)), "b": rng.normal(size=(num_tasks, 4))}
-  out, _ = run("trimmed_mean", jacobian, trim_number=trim_number)
+  out, _ = run_update("trimmed_mean", jacobian, trim_number=trim_number)
   for name in jacobian:
     ordered = np.sort(jacobian[name], axis=0)
     assert_close(out[name], ordered[trim_number:num_tasks - trim_number].mean(axis=0))
@@ -395,9 +359,9 @@ def test_trimmed_mean_matches_reference(num_tasks, trim_number):
 
 def test_trimmed_mean_ignores_one_outlier_and_validates():
   jacobian = random_jacobian(5, seed=3)
-  out, _ = run("trimmed_mean", jacobian)
+  out, _ = run_update("trimmed_mean", jacobian)
   jacobian[2] = 1e8  # one huge task: the largest value of each coordinate is dropped
-  spoiled, _ = run("trimmed_mean", jacobian)
+  spoiled, _ = run_update("trimmed_mean", jacobian)
   assert np.abs(spoiled).max() < 10 and np.all(np.isfinite(out))
   with pytest.raises(ValueError, match="2 \\* trim_number < num_tasks"):
     balancers.get("trimmed_mean", 2)
@@ -427,17 +391,17 @@ def test_degenerate_inputs_give_finite_outputs(name, hparams):
   for label, jacobian in degenerate_jacobians().items():
     state = None
     for _ in range(2):  # the second step runs from a state built on the degenerate input
-      out, state = run(name, jacobian, state, **hparams)
+      out, state = run_update(name, jacobian, state, **hparams)
       assert np.all(np.isfinite(out)), (label, out)
-      assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state)), label
+      assert all_finite(state), label
 
 
 @pytest.mark.parametrize("name,hparams", METHODS)
 def test_extreme_magnitudes(name, hparams):
   jacobian = random_jacobian(3, seed=11)
-  reference, _ = run(name, jacobian, **hparams)
+  reference, _ = run_update(name, jacobian, **hparams)
   for scale in (1e-8, 1e8):
-    out, _ = run(name, scale * jacobian, **hparams)
+    out, _ = run_update(name, scale * jacobian, **hparams)
     assert np.all(np.isfinite(out))
     if name in SCALE_EQUIVARIANT:
       assert_close(out / scale, reference, rtol=1e-3)
@@ -446,11 +410,11 @@ def test_extreme_magnitudes(name, hparams):
 @pytest.mark.parametrize("name", ["gradvac", "graddrop", "config", "moco", "sdmgrad"])
 def test_single_task_returns_its_gradient(name):
   jacobian = random_jacobian(1, seed=2)
-  out, _ = run(name, jacobian)
+  out, _ = run_update(name, jacobian)
   if name == "moco":
     out = out / 0.5  # y_1 = beta g with beta = 0.5 and lambda = 1
   assert_close(out, jacobian[0])
-  out, _ = run("trimmed_mean", jacobian, trim_number=0)
+  out, _ = run_update("trimmed_mean", jacobian, trim_number=0)
   assert_close(out, jacobian[0])
 
 
@@ -458,13 +422,13 @@ def test_single_task_returns_its_gradient(name):
 def test_pytree_state_round_trip_and_contract(name, hparams):
   rng = np.random.default_rng(1)
   jacobian = {"layer": {"w": rng.normal(size=(3, 2, 3)), "b": rng.normal(size=(3, 3))}}
-  out, state = run(name, jacobian, **hparams)
+  out, state = run_update(name, jacobian, **hparams)
   assert out["layer"]["w"].shape == (2, 3) and out["layer"]["b"].shape == (3,)
   leaves, treedef = jax.tree.flatten(state)
   rebuilt = jax.tree.unflatten(treedef, leaves)
   assert type(rebuilt) is type(state) and type(state).__name__.endswith("State")
   assert state.weights.shape == (3,) and state.weights.dtype == jnp.float32
-  out_again, _ = run(name, jacobian, rebuilt, **hparams)
+  out_again, _ = run_update(name, jacobian, rebuilt, **hparams)
   assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(out_again))
   balancer = balancers.get(name, 3, **hparams)
   expected_needs = {"gradvac": "gram" if not hparams else "jacobian", "config": "gram",
@@ -478,8 +442,8 @@ def test_gram_methods_are_the_same_on_pytrees_and_flat_arrays(name):
   rng = np.random.default_rng(4)
   jacobian = {"a": rng.normal(size=(3, 2, 2)), "b": rng.normal(size=(3, 5))}
   flat = np.concatenate([jacobian["a"].reshape(3, -1), jacobian["b"]], axis=1)
-  out, _ = run(name, jacobian)
-  flat_out, _ = run(name, flat)
+  out, _ = run_update(name, jacobian)
+  flat_out, _ = run_update(name, flat)
   assert_close(np.concatenate([out["a"].ravel(), out["b"]]), flat_out)
 
 

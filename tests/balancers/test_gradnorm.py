@@ -10,6 +10,8 @@ import pytest
 import jmtl.balancers as balancers
 from jmtl.balancers._gradnorm import last_layer
 
+from references import NumpyAdam
+
 
 def gradnorm_loss(weights, norms, targets):
   return np.sum(np.abs(weights * norms - targets))
@@ -22,9 +24,7 @@ class ReferenceGradNorm:
     self.weights = np.ones(num_tasks)
     self.alpha, self.lr, self.optimizer = alpha, lr, optimizer
     self.initial_losses = None
-    self.first_moment = np.zeros(num_tasks)
-    self.second_moment = np.zeros(num_tasks)
-    self.count = 0
+    self.adam = NumpyAdam(lr)  # Kingma & Ba with optax's defaults
 
   def step(self, last_layer_jacobian, full_jacobian, losses):
     """Returns sum_i w_i(t) g_i and moves to w(t+1)."""
@@ -40,13 +40,8 @@ class ReferenceGradNorm:
         (gradnorm_loss(self.weights + h * e, norms, targets)
          - gradnorm_loss(self.weights - h * e, norms, targets)) / (2 * h)
         for e in np.eye(len(self.weights))])
-    if self.optimizer == "adam":  # Kingma & Ba with optax's defaults
-      self.count += 1
-      self.first_moment = 0.9 * self.first_moment + 0.1 * gradient
-      self.second_moment = 0.999 * self.second_moment + 0.001 * gradient ** 2
-      m_hat = self.first_moment / (1 - 0.9 ** self.count)
-      v_hat = self.second_moment / (1 - 0.999 ** self.count)
-      self.weights = self.weights - self.lr * m_hat / (np.sqrt(v_hat) + 1e-8)
+    if self.optimizer == "adam":
+      self.weights = self.adam.step(self.weights, gradient)
     else:
       self.weights = self.weights - self.lr * gradient
     self.weights = len(self.weights) * self.weights / self.weights.sum()

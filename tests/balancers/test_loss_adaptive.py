@@ -7,60 +7,18 @@ import pytest
 
 import jmtl.balancers as balancers
 
+from references import NumpyAdam
+from references import PROBLEM_DIM as DIM
+from references import assert_close
+from references import check_against_reference
+from references import check_degenerate_inputs_stay_finite
+from references import check_nested_pytree_matches_flat
+from references import check_state_round_trips
+from references import random_problem
+from references import run_steps
+from references import softmax
+
 TASK_COUNTS = (2, 3, 8)
-STEPS = 8
-DIM = 7
-
-
-# ---------------------------------------------------------------- helpers
-
-
-def random_problem(num_tasks, steps=STEPS, seed=0):
-  """Per-step Jacobians ``[steps, T, d]`` and positive losses ``[steps, T]``."""
-  rng = np.random.default_rng(seed + 101 * num_tasks)
-  return rng.normal(size=(steps, num_tasks, DIM)), rng.uniform(0.2, 3.0, size=(steps, num_tasks))
-
-
-def run_jmtl(balancer, jacobians, losses):
-  """Runs the jitted update in float32; returns per-step outputs, weights, and the state."""
-  update = jax.jit(balancer.update)
-  state = balancer.init(jnp.zeros(jacobians.shape[2:], jnp.float32))
-  outputs, weights = [], []
-  for jacobian, loss in zip(jacobians, losses):
-    out, state = update(jnp.asarray(jacobian, jnp.float32), state,
-                        task_losses=jnp.asarray(loss, jnp.float32))
-    outputs.append(np.asarray(out, np.float64))
-    weights.append(np.asarray(state.weights, np.float64))
-  return np.stack(outputs), np.stack(weights), state
-
-
-def assert_close(actual, expected, rtol=1e-4):
-  expected = np.asarray(expected, np.float64)
-  np.testing.assert_allclose(actual, expected, rtol=rtol,
-                             atol=rtol * max(np.max(np.abs(expected)), 1e-12))
-
-
-def softmax(x):
-  e = np.exp(x - np.max(x))
-  return e / e.sum()
-
-
-class NumpyAdam:
-  """``torch.optim.Adam`` (L2 ``weight_decay`` added to the gradient) in float64."""
-
-  def __init__(self, lr, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8):
-    self.lr, self.weight_decay, self.b1, self.b2, self.eps = lr, weight_decay, b1, b2, eps
-    self.m = self.v = 0.0
-    self.t = 0
-
-  def step(self, x, grad):
-    grad = grad + self.weight_decay * x
-    self.t += 1
-    self.m = self.b1 * self.m + (1 - self.b1) * grad
-    self.v = self.b2 * self.v + (1 - self.b2) * grad ** 2
-    m_hat = self.m / (1 - self.b1 ** self.t)
-    v_hat = self.v / (1 - self.b2 ** self.t)
-    return x - self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
 
 
 # ---------------------------------------------------------------- references (float64)
@@ -142,12 +100,9 @@ def reference_excess_mtl(jacobians, robust_step_size):
 @pytest.mark.parametrize("num_tasks", TASK_COUNTS)
 @pytest.mark.parametrize("mu,ideal_point", [(1.0, False), (0.3, True)])
 def test_stch_matches_reference(num_tasks, mu, ideal_point):
-  jacobians, losses = random_problem(num_tasks, steps=10)
   hparams = dict(mu=mu, warmup_steps=2, nadir_steps=3, ideal_point=ideal_point)
-  outputs, weights, _ = run_jmtl(balancers.get("stch", num_tasks, **hparams), jacobians, losses)
-  expected = reference_stch(losses, **hparams)
-  assert_close(weights, expected)
-  assert_close(outputs, np.einsum("st,std->sd", expected, jacobians))
+  check_against_reference("stch", hparams, lambda losses: reference_stch(losses, **hparams),
+                          num_tasks, steps=10)
 
 
 def test_stch_weights_are_the_gradient_of_the_objective():
@@ -184,12 +139,9 @@ def test_stch_without_nadir_steps_does_not_normalise():
 
 @pytest.mark.parametrize("num_tasks", TASK_COUNTS)
 def test_famo_matches_reference(num_tasks):
-  jacobians, losses = random_problem(num_tasks)
-  outputs, weights, state = run_jmtl(balancers.get("famo", num_tasks, w_lr=0.1, gamma=0.01),
-                                     jacobians, losses)
-  expected = reference_famo(losses, 0.1, 0.01)
-  assert_close(weights, expected)
-  assert_close(outputs, np.einsum("st,std->sd", expected, jacobians))
+  weights, state = check_against_reference("famo", {"w_lr": 0.1, "gamma": 0.01},
+                                           lambda losses: reference_famo(losses, 0.1, 0.01),
+                                           num_tasks)
   np.testing.assert_allclose(weights.sum(1), 1.0, rtol=1e-5)
   assert np.ptp(np.asarray(state.logits)) > 0.05  # the logits really moved
 
@@ -232,8 +184,8 @@ def test_famo_absent_task_gets_no_weight_and_no_logit_signal():
 @pytest.mark.parametrize("beta_sigma", [0.0, 0.5])
 def test_db_mtl_matches_reference(num_tasks, beta_sigma):
   jacobians, losses = random_problem(num_tasks)
-  outputs, weights, _ = run_jmtl(balancers.get("db_mtl", num_tasks, beta_sigma=beta_sigma),
-                                 jacobians, losses)
+  outputs, weights, _ = run_steps(balancers.get("db_mtl", num_tasks, beta_sigma=beta_sigma),
+                                  jacobians, losses)
   expected_outputs, expected_alphas = reference_db_mtl(jacobians, losses, 0.9, beta_sigma)
   assert_close(weights, expected_alphas)
   assert_close(outputs, expected_outputs)
@@ -242,10 +194,10 @@ def test_db_mtl_matches_reference(num_tasks, beta_sigma):
 def test_db_mtl_balances_magnitudes_and_ignores_loss_scale():
   jacobians, losses = random_problem(3, steps=4)
   scales = np.array([1.0, 100.0, 0.01])
-  _, _, state = run_jmtl(balancers.get("db_mtl", 3), jacobians, losses)
-  scaled_out, _, _ = run_jmtl(balancers.get("db_mtl", 3), jacobians * scales[None, :, None],
-                              losses * scales)
-  plain_out, _, _ = run_jmtl(balancers.get("db_mtl", 3), jacobians, losses)
+  _, _, state = run_steps(balancers.get("db_mtl", 3), jacobians, losses)
+  scaled_out, _, _ = run_steps(balancers.get("db_mtl", 3), jacobians * scales[None, :, None],
+                               losses * scales)
+  plain_out, _, _ = run_steps(balancers.get("db_mtl", 3), jacobians, losses)
   assert_close(scaled_out, plain_out, 1e-4)  # log L makes c L_i look like L_i
   balanced = np.asarray(state.weights) * np.linalg.norm(np.asarray(state.gradient_buffer), axis=1)
   assert_close(balanced, np.full(3, balanced.max()), 1e-5)
@@ -257,9 +209,10 @@ def test_db_mtl_balances_magnitudes_and_ignores_loss_scale():
 @pytest.mark.parametrize("num_tasks", TASK_COUNTS)
 def test_excess_mtl_matches_reference(num_tasks):
   jacobians, losses = random_problem(num_tasks)
-  jacobians = jacobians * np.linspace(0.5, 2.0, STEPS)[:, None, None]  # growing excess risks
-  outputs, weights, _ = run_jmtl(balancers.get("excess_mtl", num_tasks, robust_step_size=0.5),
-                                 jacobians, losses)
+  growth = np.linspace(0.5, 2.0, len(jacobians))[:, None, None]  # growing excess risks
+  jacobians = jacobians * growth
+  outputs, weights, _ = run_steps(balancers.get("excess_mtl", num_tasks, robust_step_size=0.5),
+                                  jacobians, losses)
   expected = reference_excess_mtl(jacobians, 0.5)
   assert_close(weights, expected)
   assert_close(outputs, np.einsum("st,std->sd", expected, jacobians))
@@ -293,69 +246,22 @@ def test_registered_with_its_needs(name):
   assert balancers.papers()[name]
 
 
+def short_phases(name, warmup_steps=1):
+  """STCH with short warm-up and nadir phases, so a few steps reach its logsumexp phase."""
+  return {"warmup_steps": warmup_steps, "nadir_steps": 1} if name == "stch" else {}
+
+
 @pytest.mark.parametrize("name", sorted(NEEDS))
 def test_nested_pytree_equals_flat_matrix(name):
-  jacobians, losses = random_problem(3, steps=4)
-  hparams = {"warmup_steps": 1, "nadir_steps": 1} if name == "stch" else {}
-  flat_out, flat_weights, _ = run_jmtl(balancers.get(name, 3, **hparams), jacobians, losses)
-  balancer = balancers.get(name, 3, **hparams)
-  update = jax.jit(balancer.update)
-  tree = lambda m: {"dense": {"kernel": m[:, :6].reshape(-1, 2, 3)}, "bias": m[:, 6]}
-  state = balancer.init({"dense": {"kernel": jnp.zeros((2, 3))}, "bias": jnp.zeros(())})
-  for step, (jacobian, loss) in enumerate(zip(jacobians, losses)):
-    out, state = update(tree(jnp.asarray(jacobian, jnp.float32)), state,
-                        task_losses=jnp.asarray(loss, jnp.float32))
-    flat = np.concatenate([np.asarray(out["bias"]).reshape(1),
-                           np.asarray(out["dense"]["kernel"]).reshape(-1)])
-    assert_close(flat, np.concatenate([flat_out[step, 6:], flat_out[step, :6]]), 1e-5)
-    assert_close(state.weights, flat_weights[step], 1e-5)
+  check_nested_pytree_matches_flat(name, short_phases(name), weights_rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", sorted(NEEDS))
 def test_degenerate_inputs_stay_finite(name):
-  rng = np.random.default_rng(3)
-  row = rng.normal(size=DIM)
-  cases = {
-      "zero rows": (np.stack([row, np.zeros(DIM), np.zeros(DIM)]), [1.0, 0.0, 0.0]),
-      "identical rows": (np.stack([row, row, row]), [1.0, 1.0, 1.0]),
-      "opposite rows": (np.stack([row, -row, row]), [0.5, 2.0, 1e-7]),
-      "all losses zero": (np.zeros((3, DIM)), [0.0, 0.0, 0.0]),
-  }
   # No warm-up, so the degenerate cases reach STCH's logsumexp phase too.
-  hparams = {"warmup_steps": 0, "nadir_steps": 1} if name == "stch" else {}
-  balancer = balancers.get(name, 3, **hparams)
-  update = jax.jit(balancer.update)
-  state = balancer.init(jnp.zeros(DIM))
-  for label, (jacobian, loss) in list(cases.items()) * 2:
-    out, state = update(jnp.asarray(jacobian, jnp.float32), state,
-                        task_losses=jnp.asarray(loss, jnp.float32))
-    leaves = [np.asarray(out)] + [np.asarray(leaf) for leaf in jax.tree.leaves(state)]
-    assert all(np.all(np.isfinite(leaf)) for leaf in leaves if leaf.dtype.kind == "f"), label
-
-  single = balancers.get(name, 1, **hparams)
-  update = jax.jit(single.update)
-  state = single.init(jnp.zeros(DIM))
-  for loss in (0.7, 0.5, 0.0):
-    out, state = update(jnp.ones((1, DIM)), state, task_losses=jnp.array([loss]))
-    assert out.shape == (DIM,) and np.all(np.isfinite(out)) and state.weights.shape == (1,)
+  check_degenerate_inputs_stay_finite(name, short_phases(name, warmup_steps=0))
 
 
 @pytest.mark.parametrize("name", sorted(NEEDS))
 def test_state_round_trips_through_tree_flatten(name):
-  jacobians, losses = random_problem(2, steps=6)
-  hparams = {"warmup_steps": 1, "nadir_steps": 1} if name == "stch" else {}
-  balancer = balancers.get(name, 2, **hparams)
-  update = jax.jit(balancer.update)
-  state = balancer.init(jnp.zeros(DIM))
-  for jacobian, loss in zip(jacobians[:3], losses[:3]):
-    _, state = update(jnp.asarray(jacobian, jnp.float32), state,
-                      task_losses=jnp.asarray(loss, jnp.float32))
-  leaves, treedef = jax.tree.flatten(state)
-  assert all(isinstance(leaf, jax.Array) for leaf in leaves)
-  restored = jax.tree.unflatten(treedef, [np.asarray(leaf) for leaf in leaves])
-  assert type(restored).__name__.endswith("State") and restored.weights.dtype == jnp.float32
-  _, expected_weights, _ = run_jmtl(balancers.get(name, 2, **hparams), jacobians, losses)
-  for step in range(3, 6):
-    _, restored = update(jnp.asarray(jacobians[step], jnp.float32), restored,
-                         task_losses=jnp.asarray(losses[step], jnp.float32))
-    assert_close(restored.weights, expected_weights[step], 1e-6)
+  check_state_round_trips(name, short_phases(name))

@@ -11,7 +11,14 @@ import pytest
 import jmtl.balancers as balancers
 from jmtl.balancers._pcgrad import projection_orders
 
+from references import assert_relative_close
+from references import gaussian_jacobian
+from references import run_update
+
 DIM = 10
+
+random_jacobian = functools.partial(gaussian_jacobian, dim=DIM)
+run_pcgrad = functools.partial(run_update, "pcgrad")  # (jacobian, state=None, **hparams)
 
 
 def index_orders(num_tasks):
@@ -31,42 +38,16 @@ def reference_projections(jacobian, orders):
   return np.array(projected)
 
 
-def random_jacobian(num_tasks, seed, dim=DIM):
-  return np.random.default_rng(seed).normal(size=(num_tasks, dim))
-
-
-@functools.cache
-def compiled(num_tasks, random_order=True, reduction="sum"):
-  """(balancer, jitted update), built once per configuration to keep the file fast."""
-  balancer = balancers.get("pcgrad", num_tasks, random_order=random_order, reduction=reduction)
-  return balancer, jax.jit(
-      lambda g, s: balancer.update(g, s, task_losses=jnp.ones(num_tasks)))
-
-
-def run(jacobian, state=None, **hparams):
-  """Jitted float32 PCGrad update; returns (float64 grads, state)."""
-  balancer, update = compiled(jacobian.shape[0], **hparams)
-  if state is None:
-    state = balancer.init(jnp.zeros(jacobian.shape[1:]))
-  grads, state = update(jnp.asarray(jacobian, jnp.float32), state)
-  return np.asarray(grads, np.float64), state
-
-
-def assert_relative_close(actual, expected, tol=1e-4):
-  scale = max(np.linalg.norm(expected), 1e-30)
-  assert np.linalg.norm(np.asarray(actual, np.float64) - expected) / scale < tol, (actual, expected)
-
-
 @pytest.mark.parametrize("num_tasks", [2, 3, 8])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_fixed_order_matches_reference(num_tasks, seed):
   jacobian = random_jacobian(num_tasks, seed=100 * num_tasks + seed)
   expected = reference_projections(jacobian, index_orders(num_tasks))
-  grads, state = run(jacobian, random_order=False)
+  grads, state = run_pcgrad(jacobian, random_order=False)
   assert_relative_close(grads, expected.sum(axis=0))
   # The weights reproduce the output exactly: the method is a Gram weighting.
   assert_relative_close(np.asarray(state.weights, np.float64) @ jacobian, expected.sum(axis=0))
-  mean_grads, _ = run(jacobian, random_order=False, reduction="mean")
+  mean_grads, _ = run_pcgrad(jacobian, random_order=False, reduction="mean")
   assert_relative_close(mean_grads, expected.mean(axis=0))
 
 
@@ -79,7 +60,7 @@ def test_random_order_matches_reference_with_the_drawn_orders(num_tasks):
     # Replays the key schedule: split, draw this step's orders from the second half.
     _, order_key = jax.random.split(state.key)
     orders = np.asarray(projection_orders(order_key, num_tasks))
-    grads, state = run(jacobian, state=state)
+    grads, state = run_pcgrad(jacobian, state=state)
     assert_relative_close(grads, reference_projections(jacobian, orders).sum(axis=0))
 
 
@@ -95,7 +76,7 @@ def test_random_output_is_always_one_of_the_orderings_and_varies():
   state = balancer.init(jnp.zeros(3))
   seen = set()
   for _ in range(12):
-    grads, state = run(jacobian, state=state)
+    grads, state = run_pcgrad(jacobian, state=state)
     matches = [c for c, v in candidates.items() if np.linalg.norm(grads - v) < 1e-4 * np.linalg.norm(v)]
     assert matches, grads
     seen.add(tuple(np.round(grads, 4)))
@@ -122,17 +103,17 @@ def test_orders_change_across_steps_and_fixed_order_ignores_the_key():
   keys = []
   for _ in range(3):
     keys.append(jax.random.split(state.key)[1])
-    _, state = run(jacobian, state=state)
+    _, state = run_pcgrad(jacobian, state=state)
   orders = [np.asarray(projection_orders(k, 8)) for k in keys]
   assert not np.array_equal(orders[0], orders[1]) and not np.array_equal(orders[1], orders[2])
-  fixed_first, fixed_state = run(jacobian, random_order=False)
-  fixed_second, _ = run(jacobian, state=fixed_state, random_order=False)
+  fixed_first, fixed_state = run_pcgrad(jacobian, random_order=False)
+  fixed_second, _ = run_pcgrad(jacobian, state=fixed_state, random_order=False)
   np.testing.assert_array_equal(fixed_first, fixed_second)
 
 
 def test_two_conflicting_tasks_by_hand():
   # g1 . g2 = -1: g1' = g1 + g2/2 = (.5, .5), g2' = g2 + g1 = (0, 1).
-  grads, state = run(np.array([[1.0, 0.0], [-1.0, 1.0]]))
+  grads, state = run_pcgrad(np.array([[1.0, 0.0], [-1.0, 1.0]]))
   np.testing.assert_allclose(grads, [0.5, 1.5], rtol=1e-6)
   np.testing.assert_allclose(state.weights, [2.0, 1.5], rtol=1e-6)  # 2 g1 + 1.5 g2
 
@@ -144,14 +125,14 @@ def test_properties_that_hold(seed):
   jacobian = rng.normal(size=(num_tasks, 3))
   orders = index_orders(num_tasks)
   projected = reference_projections(jacobian, orders)
-  grads, _ = run(jacobian, random_order=False)
+  grads, _ = run_pcgrad(jacobian, random_order=False)
   assert_relative_close(grads, projected.sum(axis=0))
   # Projections never lengthen a gradient, and g_i' never conflicts with the last g_j it visited.
   assert np.all(np.linalg.norm(projected, axis=1) <= np.linalg.norm(jacobian, axis=1) + 1e-12)
   for i in range(num_tasks):
     assert projected[i] @ jacobian[orders[i][-1]] >= -1e-9
   # With two tasks the final direction conflicts with neither (the paper's T=2 analysis).
-  pair, _ = run(jacobian[:2], random_order=False)
+  pair, _ = run_pcgrad(jacobian[:2], random_order=False)
   assert np.all(jacobian[:2] @ pair >= -1e-5 * np.linalg.norm(jacobian[:2], axis=1) * np.linalg.norm(pair))
 
 
@@ -159,7 +140,7 @@ def test_three_tasks_final_direction_can_conflict():
   # The non-conflict guarantee does not extend to T > 2: here the summed update
   # (0.5, 0.5) has a negative inner product with g_1 = (-1, -1).
   jacobian = np.array([[-1.0, -1.0], [0.0, 1.0], [1.0, 0.0]])
-  grads, _ = run(jacobian, random_order=False)
+  grads, _ = run_pcgrad(jacobian, random_order=False)
   np.testing.assert_allclose(grads, [0.5, 0.5], rtol=1e-6)
   assert jacobian[0] @ grads < 0
 
@@ -167,7 +148,7 @@ def test_three_tasks_final_direction_can_conflict():
 @pytest.mark.parametrize("num_tasks", [2, 3, 8])
 def test_aligned_gradients_are_untouched(num_tasks):
   jacobian = np.abs(random_jacobian(num_tasks, seed=num_tasks))  # all inner products > 0
-  grads, state = run(jacobian)
+  grads, state = run_pcgrad(jacobian)
   assert_relative_close(grads, jacobian.sum(axis=0), tol=1e-6)
   np.testing.assert_array_equal(state.weights, np.ones(num_tasks))
 
@@ -177,8 +158,8 @@ def test_scale_invariant_weights(scale):
   # Every projection coefficient is a ratio of inner products: scaling all gradients by
   # the same factor leaves the weights unchanged, even for tiny gradients.
   jacobian = random_jacobian(8, seed=21)
-  _, state = run(jacobian, random_order=False)
-  _, scaled_state = run(scale * jacobian, random_order=False)
+  _, state = run_pcgrad(jacobian, random_order=False)
+  _, scaled_state = run_pcgrad(scale * jacobian, random_order=False)
   np.testing.assert_allclose(scaled_state.weights, state.weights, rtol=1e-4)
   assert not np.allclose(state.weights, 1.0)  # some projections happened
 
@@ -186,21 +167,21 @@ def test_scale_invariant_weights(scale):
 def test_degenerate_cases():
   g = random_jacobian(1, seed=11)[0]
   # A zero gradient conflicts with nothing and is projected to nothing.
-  grads, _ = run(np.stack([g, np.zeros_like(g), -0.5 * g + 0.1]))
+  grads, _ = run_pcgrad(np.stack([g, np.zeros_like(g), -0.5 * g + 0.1]))
   expected = reference_projections(np.stack([g, -0.5 * g + 0.1]), index_orders(2)).sum(axis=0)
   assert_relative_close(grads, expected)
   # Identical rows: no conflict, plain sum.
-  grads, _ = run(np.stack([g, g, g]))
+  grads, _ = run_pcgrad(np.stack([g, g, g]))
   assert_relative_close(grads, 3 * g, tol=1e-6)
   # Opposite rows cancel completely: each is projected to zero.
-  grads, _ = run(np.stack([g, -g]))
+  grads, _ = run_pcgrad(np.stack([g, -g]))
   assert np.all(np.isfinite(grads)) and np.linalg.norm(grads) < 1e-5 * np.linalg.norm(g)
   # A single task passes through.
-  grads, state = run(g[None])
+  grads, state = run_pcgrad(g[None])
   assert_relative_close(grads, g, tol=1e-6)
   np.testing.assert_array_equal(state.weights, [1.0])
   # All zero.
-  grads, state = run(np.zeros((3, 4)))
+  grads, state = run_pcgrad(np.zeros((3, 4)))
   assert np.all(grads == 0) and np.all(np.isfinite(state.weights))
 
 

@@ -10,6 +10,16 @@ import scipy.optimize
 
 from jmtl.balancers import _solvers
 
+from references import alpha_fair_reference
+from references import cagrad_dual_reference
+from references import degenerate_jacobians
+from references import frank_wolfe_reference
+from references import min_norm_reference
+from references import relative_error
+from references import scaled_jacobian
+from references import simplex_projection
+from references import trace_normalized_gram
+
 NUM_TASKS = (2, 3, 8)
 BATCH = 6  # problems per vmapped call: one compilation per (solver, T)
 
@@ -21,126 +31,22 @@ cagrad_dual = jax.jit(jax.vmap(_solvers.cagrad_dual))
 alpha_fair = jax.jit(jax.vmap(_solvers.alpha_fair_weights, in_axes=(0, None)))
 
 
-def random_jacobian(num_tasks, seed, dim=None):
+def random_jacobian(num_tasks, seed):
   """Gaussian rows with different scales (dim > T, so G is positive definite)."""
-  rng = np.random.default_rng(seed)
-  dim = dim or num_tasks + 4
-  return rng.normal(size=(num_tasks, dim)) * rng.uniform(0.2, 3.0, size=(num_tasks, 1))
+  return scaled_jacobian(num_tasks, seed, dim=num_tasks + 4)
 
 
-def trace_normalized_gram(jacobian):
-  gram = jacobian @ jacobian.T
-  return gram / np.trace(gram)
-
-
-def degenerate_jacobians():
-  """Inputs where the problems lose uniqueness or existence; outputs must stay finite."""
-  rng = np.random.default_rng(7)
-  base = rng.normal(size=(3, 5))
-  zero_row = base.copy()
-  zero_row[1] = 0.0
-  identical = np.stack([base[0], base[0], base[2]])
-  opposite = np.stack([base[0], -base[0], base[2]])
-  return {
-      "zero_row": zero_row,
-      "all_zero": np.zeros((3, 5)),
-      "identical_rows": identical,
-      "opposite_rows": opposite,
-      "opposite_pair": np.stack([base[0], -base[0], 0.0 * base[0]]),
-      "more_tasks_than_dims": rng.normal(size=(3, 2)),
-      "tiny": 1e-8 * base,
-      "huge": 1e8 * base,
-  }
+def random_grams(num_tasks, first_seed):
+  """``BATCH`` random Jacobians and their trace-normalised Gram matrices ``[BATCH, T, T]``."""
+  jacobians = [random_jacobian(num_tasks, seed=first_seed + s) for s in range(BATCH)]
+  return jacobians, np.stack([trace_normalized_gram(j) for j in jacobians])
 
 
 def as_f32(array):
   return jnp.asarray(array, jnp.float32)
 
 
-# ---------------------------------------------------------------- references (float64)
-
-
-def simplex_projection_reference(y):
-  """The threshold theta with sum(max(y - theta, 0)) = 1, by bracketing root finding."""
-  theta = scipy.optimize.brentq(
-      lambda t: np.maximum(y - t, 0).sum() - 1.0, y.min() - 1.5, y.max(), xtol=1e-14)
-  return np.maximum(y - theta, 0.0)
-
-
-def simplex_qp_reference(objective, gradient, num_tasks):
-  """SLSQP over the simplex from several starts (the problems are convex; starts are cheap)."""
-  best = None
-  starts = [np.full(num_tasks, 1 / num_tasks)] + [
-      0.9 * np.eye(num_tasks)[i] + 0.1 / num_tasks for i in range(num_tasks)]
-  for start in starts:
-    result = scipy.optimize.minimize(
-        objective, start, jac=gradient, method="SLSQP", bounds=[(0, 1)] * num_tasks,
-        constraints={"type": "eq", "fun": lambda w: w.sum() - 1, "jac": lambda w: np.ones_like(w)},
-        options={"ftol": 1e-15, "maxiter": 1000})
-    if best is None or result.fun < best.fun:
-      best = result
-  return best.x
-
-
-def min_norm_reference(gram):
-  return simplex_qp_reference(lambda w: w @ gram @ w, lambda w: 2 * gram @ w, len(gram))
-
-
-def cagrad_dual_reference(gram, linear, radius):
-  return simplex_qp_reference(
-      lambda w: linear @ w + radius * np.sqrt(w @ gram @ w),
-      lambda w: linear + radius * gram @ w / np.sqrt(w @ gram @ w), len(gram))
-
-
-def _pair(v1v1, v1v2, v2v2):
-  """MinNormSolver._min_norm_element_from2, verbatim in float64."""
-  if v1v2 >= v1v1:
-    return 0.999, v1v1
-  if v1v2 >= v2v2:
-    return 0.001, v2v2
-  gamma = -1.0 * ((v1v2 - v2v2) / (v1v1 + v2v2 - 2 * v1v2))
-  return gamma, v2v2 + gamma * (v1v2 - v2v2)
-
-
-def frank_wolfe_reference(gram, max_iter=250, stop_crit=1e-5):
-  """Sener & Koltun's find_min_norm_element_FW in float64 NumPy (with MAX_ITER enforced)."""
-  n = len(gram)
-  if n == 1:
-    return np.ones(1)
-  best_cost = np.inf
-  for i in range(n):
-    for j in range(i + 1, n):
-      gamma, cost = _pair(gram[i, i], gram[i, j], gram[j, j])
-      if cost < best_cost:
-        best_cost, best = cost, (i, j, gamma)
-  weights = np.zeros(n)
-  weights[best[0]], weights[best[1]] = best[2], 1 - best[2]
-  if n < 3:
-    return weights
-  for _ in range(max_iter):
-    vertex = np.argmin(gram @ weights)
-    step, _ = _pair(weights @ gram @ weights, weights @ gram[:, vertex], gram[vertex, vertex])
-    new = step * weights
-    new[vertex] += 1 - step
-    if np.abs(new - weights).sum() < stop_crit:
-      return weights
-    weights = new
-  return weights
-
-
-def alpha_fair_reference(gram, alpha):
-  """``G w = w^(-1/alpha)`` by least squares on log w (positivity for free), float64."""
-  scale = np.trace(gram)
-  normalized = gram / scale
-  result = scipy.optimize.least_squares(
-      lambda log_w: normalized @ np.exp(log_w) - np.exp(log_w)**(-1 / alpha),
-      np.zeros(len(gram)), xtol=1e-15, ftol=1e-15, gtol=1e-15)
-  assert result.cost < 1e-20
-  return np.exp(result.x) * scale**(-alpha / (1 + alpha))
-
-
-def relative_error(actual, expected):
-  return np.linalg.norm(np.asarray(actual, np.float64) - expected) / np.linalg.norm(expected)
+DEGENERATE = degenerate_jacobians(seed=7, dim=5)
 
 
 # ---------------------------------------------------------------- simplex projection
@@ -152,7 +58,7 @@ def test_project_to_simplex_matches_threshold_root(size):
   points = np.random.default_rng(size).normal(scale=2.0, size=(20, size))
   projected = np.asarray(project(as_f32(points)))
   for point, result in zip(points, projected):
-    np.testing.assert_allclose(result, simplex_projection_reference(point), atol=1e-6)
+    np.testing.assert_allclose(result, simplex_projection(point), atol=1e-6)
   np.testing.assert_allclose(projected.sum(axis=1), 1.0, atol=1e-6)
   assert (projected >= 0).all()
 
@@ -167,8 +73,7 @@ def test_project_to_simplex_keeps_simplex_points():
 
 @pytest.mark.parametrize("num_tasks", NUM_TASKS)
 def test_frank_wolfe_follows_the_reference_code(num_tasks):
-  jacobians = [random_jacobian(num_tasks, seed=10 * num_tasks + s) for s in range(BATCH)]
-  gram = np.stack([trace_normalized_gram(j) for j in jacobians])
+  jacobians, gram = random_grams(num_tasks, first_seed=10 * num_tasks)
   weights = np.asarray(frank_wolfe(as_f32(gram)), np.float64)
   for jacobian, matrix, found in zip(jacobians, gram, weights):
     expected = frank_wolfe_reference(matrix)
@@ -190,8 +95,7 @@ def test_frank_wolfe_objective_matches_reference_on_many_problems():
 
 @pytest.mark.parametrize("num_tasks", NUM_TASKS)
 def test_min_norm_exact_matches_slsqp_and_kkt(num_tasks):
-  jacobians = [random_jacobian(num_tasks, seed=100 * num_tasks + s) for s in range(BATCH)]
-  gram = np.stack([trace_normalized_gram(j) for j in jacobians])
+  jacobians, gram = random_grams(num_tasks, first_seed=100 * num_tasks)
   weights = np.asarray(min_norm_exact(as_f32(gram)), np.float64)
   for jacobian, matrix, found in zip(jacobians, gram, weights):
     expected = min_norm_reference(matrix)
@@ -247,8 +151,7 @@ def test_nonneg_qp_shares_hessian_under_vmap():
 @pytest.mark.parametrize("num_tasks", NUM_TASKS)
 @pytest.mark.parametrize("c", [0.1, 0.4, 0.9])
 def test_cagrad_dual_matches_slsqp(num_tasks, c):
-  jacobians = [random_jacobian(num_tasks, seed=300 + s) for s in range(BATCH)]
-  gram = np.stack([trace_normalized_gram(j) for j in jacobians])
+  _, gram = random_grams(num_tasks, first_seed=300)
   linear = gram.mean(axis=2)
   radius = c * np.sqrt(gram.mean(axis=(1, 2)))
   weights = np.asarray(cagrad_dual(as_f32(gram), as_f32(linear), as_f32(radius)), np.float64)
@@ -320,9 +223,9 @@ def all_solvers(gram):
   }
 
 
-@pytest.mark.parametrize("case", sorted(degenerate_jacobians()))
+@pytest.mark.parametrize("case", sorted(DEGENERATE))
 def test_solvers_stay_finite_on_degenerate_inputs(case):
-  jacobian = degenerate_jacobians()[case]
+  jacobian = DEGENERATE[case]
   results = all_solvers(as_f32(jacobian @ jacobian.T))
   for name, result in results.items():
     assert np.isfinite(np.asarray(result)).all(), (case, name, result)
@@ -341,7 +244,7 @@ def test_solvers_on_a_single_task():
 
 def test_min_norm_on_degenerate_inputs_matches_reference_norm():
   for case in ("zero_row", "identical_rows", "opposite_rows"):
-    jacobian = degenerate_jacobians()[case]
+    jacobian = DEGENERATE[case]
     gram = trace_normalized_gram(jacobian)
     found = np.asarray(all_solvers(as_f32(gram))["min_norm_exact"], np.float64)
     expected = min_norm_reference(gram)
