@@ -9,7 +9,7 @@ def get_config():
   config.data.suite = "ud_tr"
   config.data.batch_size = 32
   config.balancer.name = "equal_weight"
-  config.train.steps = 1200
-  config.train.eval_every = 600
-  config.train.checkpoint_every = 300
+  config.train.steps = 1000
+  config.train.eval_every = 500
+  config.train.checkpoint_every = 250
   return config
