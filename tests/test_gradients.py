@@ -131,3 +131,30 @@ def test_rep_grad_rejects_multi_input(model):
   with pytest.raises(ValueError, match="rep-grad needs one shared input"):
     balanced_gradients(model, balancer, params, balancer.init(params["encoder"]), batches, None,
                        grad_mode="rep")
+
+
+@pytest.mark.parametrize("layout", ["same_input", "multi_input"])
+def test_compact_token_table_gram_and_gradient_equal_dense(model, layout):
+  """The per-token form of the table's per-task gradients gives the dense G and combination."""
+  from jmtl.balancers import gram_matrix, weighted_sum
+  if layout == "same_input":
+    batch = make_batch(seed=8)
+    dense_fn, compact_fn = gradients.same_input_jacobian, gradients.same_input_compact_jacobian
+  else:  # overlapping and disjoint ids across tasks' batches
+    batch = {spec.name: make_batch((spec,), batch_size=3, length=8, seed=20 + i)
+             for i, spec in enumerate(TASKS)}
+    dense_fn, compact_fn = gradients.multi_input_jacobian, gradients.multi_input_compact_jacobian
+  params = model.init(jax.random.PRNGKey(9), batch)
+  dense = dense_fn(model, params, batch)
+  compact = compact_fn(model, params, batch)
+  same = layout == "same_input"
+  gram = gram_matrix(compact.shared) + gradients.token_table_gram(
+      compact.token_rows, compact.token_ids, same_ids=same)
+  np.testing.assert_allclose(gram, gram_matrix(dense.shared), rtol=1e-4, atol=1e-7)
+  weights = jnp.linspace(0.5, 2.0, len(TASKS))
+  table = params["encoder"]["token_embedding"]["embedding"]
+  combined = gradients.with_token_table(
+      weighted_sum(weights, compact.shared),
+      gradients.token_table_gradient(weights, compact.token_rows, compact.token_ids, table.shape,
+                                     same_ids=same))
+  _assert_tree_close(combined, weighted_sum(weights, dense.shared), rtol=1e-4, atol=1e-7)

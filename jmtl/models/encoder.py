@@ -60,12 +60,19 @@ class Encoder(nn.Module):
   config: EncoderConfig
 
   @nn.compact
-  def __call__(self, input_ids, attention_mask, token_type_ids=None, *, deterministic=True):
+  def __call__(self, input_ids, attention_mask, token_type_ids=None, *, deterministic=True,
+               token_rows=None):
+    """``token_rows``: ``table[input_ids]`` computed by the caller, used instead of the gather.
+
+    The exact per-task gradient path passes them so it can differentiate w.r.t. the
+    ``[B, L, D]`` rows rather than the ``[V, D]`` table (see ``jmtl.gradients``).
+    """
     cfg = self.config
     length = input_ids.shape[-1]
     if length > cfg.max_length:
       raise ValueError(f"sequence length {length} exceeds the encoder's max_length {cfg.max_length}")
-    x = nn.Embed(cfg.vocab_size, cfg.width, name="token_embedding")(input_ids)
+    embed = nn.Embed(cfg.vocab_size, cfg.width, name="token_embedding")
+    x = embed(input_ids) if token_rows is None else token_rows
     positions = self.param("position_embedding", nn.initializers.normal(0.02),
                            (cfg.max_length, cfg.width))
     x = x + positions[:length]
@@ -85,9 +92,10 @@ class Encoder(nn.Module):
     return tokens, pooled
 
 
-def encode(config: EncoderConfig, params, batch, *, rng: jax.Array | None = None):
+def encode(config: EncoderConfig, params, batch, *, rng: jax.Array | None = None,
+           token_rows: jax.Array | None = None):
   """Applies the encoder to a batch; dropout is on iff ``rng`` is given."""
   rngs = None if rng is None else {"dropout": rng}
   return Encoder(config).apply(
       {"params": params}, batch["input_ids"], batch["attention_mask"],
-      batch.get("token_type_ids"), deterministic=rng is None, rngs=rngs)
+      batch.get("token_type_ids"), deterministic=rng is None, rngs=rngs, token_rows=token_rows)

@@ -52,8 +52,9 @@ class MultiTaskModel:
     }
     return {"encoder": encoder, "heads": heads}
 
-  def encode(self, encoder_params, batch, rng: jax.Array | None = None) -> Features:
-    return encode(self.encoder, encoder_params, batch, rng=rng)
+  def encode(self, encoder_params, batch, rng: jax.Array | None = None,
+             token_rows: jax.Array | None = None) -> Features:
+    return encode(self.encoder, encoder_params, batch, rng=rng, token_rows=token_rows)
 
   def head(self, spec: TaskSpec, head_params, features: Features) -> jax.Array:
     return self._head(spec).apply({"params": head_params}, *features)

@@ -79,6 +79,26 @@ def balanced_gradients(model: MultiTaskModel, balancer: Balancer, params, balanc
           combined, rep.shared)
     shared = _psum(rep.backward(combined), axis_name)
     heads = _psum(rep.heads, axis_name)
+  elif grad_mode == "exact" and balancer.needs == "gram":
+    # G and one combination are all a Gram method needs, so the token table's per-task
+    # gradients stay per-token rows: no [T, V, D] arrays (see jmtl.gradients).
+    jacobian = (grads_lib.multi_input_compact_jacobian if multi
+                else grads_lib.same_input_compact_jacobian)
+    task = jacobian(model, params, batch, rng, axis_name)
+    losses = _psum(task.losses, axis_name)
+    task_grads = _psum(task.shared, axis_name)
+    rows, ids = task.token_rows, task.token_ids
+    if axis_name is not None:  # the table's G needs every device's rows, merged per id
+      rows = lax.all_gather(rows, axis_name, axis=1, tiled=True)
+      ids = lax.all_gather(ids, axis_name, axis=1, tiled=True)
+    gram = gram_matrix(task_grads) + grads_lib.token_table_gram(rows, ids, same_ids=not multi)
+    weights, state = balancer.weigh(gram, balancer_state, task_losses=losses)
+    table, _ = grads_lib.split_token_table(params["encoder"])
+    table_grad = grads_lib.token_table_gradient(weights, task.token_rows, task.token_ids,
+                                                table.shape, same_ids=not multi)
+    shared = grads_lib.with_token_table(weighted_sum(weights, task_grads),
+                                        _psum(table_grad, axis_name))
+    heads = _psum(task.heads, axis_name)
   elif grad_mode == "exact":
     jacobian = grads_lib.multi_input_jacobian if multi else grads_lib.same_input_jacobian
     task = jacobian(model, params, batch, rng, axis_name)
