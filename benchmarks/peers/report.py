@@ -10,6 +10,7 @@ from benchmarks import _common
 METHODS = ("ew", "pcgrad", "mgda", "cagrad", "upgrad", "rep_pcgrad")
 LIBRARIES = ("jmtl", "libmtl", "torchjd", "pytorch")
 BALANCED = ("pcgrad", "mgda", "cagrad", "upgrad")
+COLORS = {"jmtl": "C0", "libmtl": "C1", "torchjd": "C2", "pytorch": "C3"}  # same in every panel
 
 
 def _key(library: str, method: str) -> str | None:
@@ -163,7 +164,7 @@ def plot(payload: dict, path: pathlib.Path) -> pathlib.Path:
       points = sorted((r["tasks"], r["ratio_to_own_ew"]) for r in rows
                       if (r["layout"], r["method"], r["library"]) == (layout, method, library))
       if points:
-        axis.plot(*zip(*points), marker="o", label=library)
+        axis.plot(*zip(*points), marker="o", label=library, color=COLORS[library])
     axis.set_title(f"{method} ({layout.replace('_', '-')})", fontsize=9)
     axis.set_xlabel("T")
     axis.set_ylabel("step / own EW step")
