@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import jax
 import ml_collections
@@ -65,18 +65,23 @@ def build_optimizer(config: ml_collections.ConfigDict, total_steps: int):
   return optax.chain(optax.clip_by_global_norm(opt.clip_norm), base) if opt.clip_norm else base
 
 
+def _read_json(path: str, what: str, hint: str = ""):
+  """The JSON in ``path``; a missing file or bad JSON is a ConfigError naming ``what``."""
+  if not os.path.isfile(path):
+    raise ConfigError(f"{what} {path!r} does not exist{hint}")
+  with open(path) as f:
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise ConfigError(f"{what} {path!r}: invalid JSON at line {e.lineno}: {e.msg}") from None
+
+
 def suite_spec(suite: str):
   """A suite name, or the mapping in a JSON file describing the user's own data files
   (relative paths in it are relative to the JSON file)."""
   if not suite.endswith(".json"):
     return suite
-  if not os.path.isfile(suite):
-    raise ConfigError(f"data.suite: suite file {suite!r} does not exist")
-  with open(suite) as f:
-    try:
-      spec = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ConfigError(f"data.suite: {suite}: invalid JSON at line {e.lineno}: {e.msg}") from None
+  spec = _read_json(suite, "data.suite: suite file")
   if isinstance(spec, dict):
     spec.setdefault("root", os.path.dirname(os.path.abspath(suite)))
   return spec
@@ -120,6 +125,38 @@ def train_iterator(config: ml_collections.ConfigDict, suite, tasks):
   return iterator, restrict
 
 
+class Experiment(NamedTuple):
+  """What a config builds before any step runs; ``create_state()`` makes the initial
+  TrainState (``jax.eval_shape(create_state)`` its shapes, to restore a checkpoint onto)."""
+  suite: Any
+  tasks: tuple
+  model: MultiTaskModel
+  balancer: Any
+  optimizer: optax.GradientTransformation
+  create_state: Callable[[], Any]
+
+
+def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
+  suite, tasks = load_suite(config)
+  model = build_model(config, suite, tasks)
+  balancer = balancers.get(config.balancer.name, len(tasks), **balancer_hparams(config))
+  optimizer = build_optimizer(config, config.train.steps)
+  examples, restrict = train_iterator(config, suite, tasks)
+  example = restrict(next(examples))
+  if config.grad_mode == "rep" and "input_ids" not in example:
+    raise ConfigError(
+        f"grad_mode='rep' needs one shared input per step, but suite {suite.name!r} is "
+        f"multi_input with data.sampler='all' (one batch per task): pick a mixture sampler "
+        f"(data.sampler=uniform|proportional|temperature|annealed) or grad_mode='exact'")
+  rep_shapes = None  # rep-grad balancers keep state shaped like the shared representation
+  if config.grad_mode == "rep" and balancer.needs != "losses":
+    rep_shapes = jax.eval_shape(lambda b: model.encode(
+        model.init(jax.random.PRNGKey(0), b)["encoder"], b), example)
+  create_state = lambda: create_train_state(model, balancer, optimizer, example, config.seed,
+                                            balancer_params=rep_shapes)
+  return Experiment(suite, tasks, model, balancer, optimizer, create_state)
+
+
 def best_metric(name: str, tasks):
   """``(value_fn(score, results), mode)`` for ``train.best_metric``."""
   if name == "score":
@@ -140,13 +177,7 @@ def load_baselines(config: ml_collections.ConfigDict, tasks) -> dict[str, dict[s
   path = config.baselines
   if not path:
     return None
-  if not os.path.isfile(path):
-    raise ConfigError(f"baselines file {path!r} does not exist (train the single-task config first)")
-  with open(path) as f:
-    try:
-      raw = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ConfigError(f"baselines file {path!r}: invalid JSON at line {e.lineno}: {e.msg}") from None
+  raw = _read_json(path, "baselines file", hint=" (train the single-task config first)")
   if not isinstance(raw, dict) or not raw:
     raise ConfigError(f"baselines file {path!r}: expected {{split: {{task: value}}}}")
   by_split = raw if all(isinstance(v, dict) for v in raw.values()) else {"validation": raw}
@@ -170,33 +201,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     from jmtl.train.baselines import train_single_task_baselines
     return train_single_task_baselines(config, workdir, out=out)
   say = lambda msg: print(msg, file=out, flush=True)
-  suite, tasks = load_suite(config)
-  model = build_model(config, suite, tasks)
-  balancer = balancers.get(config.balancer.name, len(tasks), **balancer_hparams(config))
+  experiment = build_experiment(config)
+  suite, tasks, model = experiment.suite, experiment.tasks, experiment.model
   baselines = load_baselines(config, tasks)
   steps = config.train.steps
-  optimizer = build_optimizer(config, steps)
   iterator, restrict = train_iterator(config, suite, tasks)
-  example, _ = train_iterator(config, suite, tasks)
-  example = restrict(next(example))
   t = config.train
-  step_fn = make_train_step(model, balancer, optimizer, grad_mode=config.grad_mode,
-                            parallelism=t.parallelism, num_devices=t.num_devices or None,
-                            log_cosines=t.log_cosines)
-  rep_shapes = None
-  if config.grad_mode == "rep" and balancer.needs != "losses":
-    rep_shapes = jax.eval_shape(lambda b: model.encode(
-        model.init(jax.random.PRNGKey(0), b)["encoder"], b), example)
-  create = lambda: create_train_state(model, balancer, optimizer, example, config.seed,
-                                      balancer_params=rep_shapes)
-  abstract_state = jax.eval_shape(create)
+  step_fn = make_train_step(model, experiment.balancer, experiment.optimizer,
+                            grad_mode=config.grad_mode, parallelism=t.parallelism,
+                            num_devices=t.num_devices or None, log_cosines=t.log_cosines)
+  abstract_state = jax.eval_shape(experiment.create_state)
   config_dict = json.loads(to_json(config))
   best_value, best_mode = best_metric(t.best_metric, tasks)
   checkpoints = ckpt_lib.Checkpoints(workdir, keep=t.keep_checkpoints, best_mode=best_mode,
                                      best_metric="best" if t.keep_best else None)
   restored = checkpoints.restore(abstract_state, config_dict, warn=say)
   if restored is None:
-    state = jax.jit(create)()
+    state = jax.jit(experiment.create_state)()
     start = 0
   else:
     start, state, data_state = restored
@@ -318,14 +339,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   """Evaluates a saved checkpoint (newest, ``step``, or the best) on ``split``."""
   if not os.path.isdir(workdir):
     raise ConfigError(f"workdir {workdir!r} does not exist")
-  suite, tasks = load_suite(config)
-  model = build_model(config, suite, tasks)
-  balancer = balancers.get(config.balancer.name, len(tasks), **balancer_hparams(config))
-  optimizer = build_optimizer(config, config.train.steps)
-  example, restrict = train_iterator(config, suite, tasks)
-  example = restrict(next(example))
-  abstract_state = jax.eval_shape(
-      lambda: create_train_state(model, balancer, optimizer, example, config.seed))
+  experiment = build_experiment(config)
+  suite, tasks, model = experiment.suite, experiment.tasks, experiment.model
+  abstract_state = jax.eval_shape(experiment.create_state)
   checkpoints = ckpt_lib.Checkpoints(workdir, keep=config.train.keep_checkpoints,
                                      best_metric="best" if best else None, async_save=False)
   if best:

@@ -36,22 +36,16 @@ def suite_path(tmp_path_factory):
   return write_tiny_suite(str(root)), str(root / "data_dir")
 
 
-def _restore(workdir, config):
-  from jmtl import balancers
-  from jmtl.config import balancer_hparams, to_json
+def _restore(workdir, config, warn=print):
+  """(step, state, data_state) of the newest readable checkpoint in ``workdir``."""
+  from jmtl.config import to_json
   from jmtl.train.checkpoint import Checkpoints
-  from jmtl.train.state import create_train_state
-  suite, tasks = loop.load_suite(config)
-  model = loop.build_model(config, suite, tasks)
-  balancer = balancers.get(config.balancer.name, len(tasks), **balancer_hparams(config))
-  opt = loop.build_optimizer(config, config.train.steps)
-  it, restrict = loop.train_iterator(config, suite, tasks)
-  example = restrict(next(it))
-  abstract = jax.eval_shape(lambda: create_train_state(model, balancer, opt, example, config.seed))
+  abstract = jax.eval_shape(loop.build_experiment(config).create_state)
   ckpts = Checkpoints(workdir, async_save=False)
-  step, state, data_state = ckpts.restore(abstract, json.loads(to_json(config)))
-  ckpts.close()
-  return step, state, data_state
+  try:
+    return ckpts.restore(abstract, json.loads(to_json(config)), warn=warn)
+  finally:
+    ckpts.close()
 
 
 def test_train_writes_logs_checkpoints_and_results(suite_path, tmp_path):
@@ -117,27 +111,9 @@ def test_corrupt_checkpoint_falls_back_to_previous_step(suite_path, tmp_path):
       with open(os.path.join(root, name), "wb") as f:
         f.write(b"garbage")
   messages = []
-  step, _, _ = _restore_with_warnings(str(tmp_path), config, messages)
+  step, _, _ = _restore(str(tmp_path), config, warn=messages.append)
   assert step == 3
   assert any("step 6 is unreadable" in m for m in messages)
-
-
-def _restore_with_warnings(workdir, config, messages):
-  from jmtl import balancers
-  from jmtl.config import balancer_hparams, to_json
-  from jmtl.train.checkpoint import Checkpoints
-  from jmtl.train.state import create_train_state
-  suite, tasks = loop.load_suite(config)
-  model = loop.build_model(config, suite, tasks)
-  balancer = balancers.get(config.balancer.name, len(tasks), **balancer_hparams(config))
-  opt = loop.build_optimizer(config, config.train.steps)
-  it, restrict = loop.train_iterator(config, suite, tasks)
-  abstract = jax.eval_shape(lambda: create_train_state(model, balancer, opt, restrict(next(it)),
-                                                       config.seed))
-  ckpts = Checkpoints(workdir, async_save=False)
-  out = ckpts.restore(abstract, json.loads(to_json(config)), warn=messages.append)
-  ckpts.close()
-  return out
 
 
 def test_workdir_that_is_a_file_is_an_error(suite_path, tmp_path):
@@ -162,6 +138,30 @@ def test_best_checkpoint_by_chosen_metric(suite_path, tmp_path):
   bad = tiny_config(path, data_dir, best_metric="topic/nope")
   with pytest.raises(ConfigError, match="train.best_metric 'topic/nope': valid values are score"):
     loop.train_and_evaluate(bad, str(tmp_path / "bad"), out=open(os.devnull, "w"))
+
+
+def test_eval_restores_a_rep_grad_balancer_state(suite_path, tmp_path):
+  # MoCo under rep-grad keeps per-task gradients shaped like the shared representation,
+  # not like the parameters: eval must rebuild that state's shapes to restore the checkpoint.
+  path, data_dir = suite_path
+  config = tiny_config(path, data_dir, steps=3, checkpoint_every=3)
+  config.data.sampler = "uniform"  # one mixed batch: a shared input, as rep-grad needs
+  config.grad_mode = "rep"
+  config.balancer.name = "moco"
+  trained = loop.train_and_evaluate(config, str(tmp_path), out=open(os.devnull, "w"))
+  evaluated = loop.evaluate_checkpoint(config, str(tmp_path), out=open(os.devnull, "w"))
+  assert evaluated["step"] == 3
+  for task, metrics in trained["validation"].items():
+    assert evaluated["validation"][task] == pytest.approx(metrics, rel=1e-6), task
+
+
+def test_rep_grad_on_one_batch_per_task_is_a_config_error(suite_path, tmp_path):
+  path, data_dir = suite_path
+  config = tiny_config(path, data_dir, steps=2)
+  config.grad_mode = "rep"
+  with pytest.raises(ConfigError, match="grad_mode='rep' needs one shared input"):
+    loop.train_and_evaluate(config, str(tmp_path), out=open(os.devnull, "w"))
+  assert not os.listdir(tmp_path)  # nothing written before the error
 
 
 def test_single_task_baselines_then_delta_m(suite_path, tmp_path):
