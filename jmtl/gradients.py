@@ -51,6 +51,9 @@ class RepresentationGradients(NamedTuple):
   shared: PyTree  # per-task gradients w.r.t. the encoder outputs, leading axis T
   heads: dict[str, PyTree]
   backward: Callable[[PyTree], PyTree]  # encoder-output cotangent -> encoder param grads
+  # Per leaf of ``shared``: the tasks whose head reads that feature; the other rows are
+  # zero, and ``gram_matrix(shared, rows)`` / ``weighted_sum(w, shared, rows)`` skip them.
+  rows: tuple[tuple[int, ...], ...]
 
 
 def label_counts(tasks: tuple[TaskSpec, ...], batch: Batch | Mapping[str, Batch],
@@ -96,7 +99,8 @@ def same_input_representation(model: MultiTaskModel, params, batch: Batch,
   losses, head_grads, feature_grads = _heads_on_features(
       model, params["heads"], features, batch, denominators)
   backward = lambda cotangent: encoder_vjp(cotangent)[0]
-  return RepresentationGradients(losses, _stack(feature_grads), head_grads, backward)
+  return RepresentationGradients(losses, _stack(feature_grads), head_grads, backward,
+                                 model.feature_readers())
 
 
 def same_input_jacobian(model: MultiTaskModel, params, batch: Batch,

@@ -158,3 +158,34 @@ def test_compact_token_table_gram_and_gradient_equal_dense(model, layout):
       gradients.token_table_gradient(weights, compact.token_rows, compact.token_ids, table.shape,
                                      same_ids=same))
   _assert_tree_close(combined, weighted_sum(weights, dense.shared), rtol=1e-4, atol=1e-7)
+
+
+def test_rep_grad_rows_name_every_task_whose_feature_gradient_is_nonzero(model):
+  # rows is what lets the Gram and the combination skip a head's unread feature: it must
+  # leave out only rows that are exactly zero, and keep every row that is not.
+  batch = make_batch(seed=11)
+  params = model.init(jax.random.PRNGKey(3), batch)
+  rep = gradients.same_input_representation(model, params, batch)
+  leaves = jax.tree.leaves(rep.shared)
+  assert len(rep.rows) == len(leaves) == 2
+  for leaf, rows in zip(leaves, rep.rows):
+    for task in range(len(TASKS)):
+      norm = float(jnp.abs(leaf[task]).sum())
+      assert (norm > 0) if task in rows else (norm == 0), (TASKS[task].name, rows)
+
+
+@pytest.mark.parametrize("names", [None, ("topic", "score")])  # all kinds; sentence-level only
+def test_gram_and_combination_over_rows_equal_the_dense_ones(names):
+  from jmtl.balancers import gram_matrix, weighted_sum
+  tasks = tuple(t for t in TASKS if names is None or t.name in names)
+  model = MultiTaskModel(TINY, tasks)
+  batch = make_batch(tasks, seed=12)
+  params = model.init(jax.random.PRNGKey(4), batch)
+  rep = gradients.same_input_representation(model, params, batch)
+  weights = jnp.linspace(-1.0, 2.0, len(tasks))
+  np.testing.assert_allclose(jax.jit(lambda g: gram_matrix(g, rep.rows))(rep.shared),
+                             gram_matrix(rep.shared), rtol=1e-6, atol=1e-9)
+  _assert_tree_close(jax.jit(lambda g: weighted_sum(weights, g, rep.rows))(rep.shared),
+                     weighted_sum(weights, rep.shared))
+  with pytest.raises(ValueError, match="rows names 1 leaves"):
+    gram_matrix(rep.shared, rows=[(0,)])

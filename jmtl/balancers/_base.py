@@ -32,6 +32,7 @@ from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 PyTree = Any
 Needs = Literal["losses", "gram", "jacobian"]
@@ -71,18 +72,53 @@ def unflatten_like_task(vector: jax.Array, task_grads: PyTree) -> PyTree:
   return jax.tree.unflatten(treedef, out)
 
 
-def gram_matrix(task_grads: PyTree) -> jax.Array:
-  """``G = J J^T`` in float32, summed leaf by leaf (no [T, d] concatenation)."""
+def _rows_of(leaf: jax.Array, rows: tuple[int, ...] | None) -> jax.Array:
+  """The ``rows`` of ``leaf`` (all where None), one static slice each: when ``leaf`` is a stack
+  built in the same jit, XLA then reads the parts and never builds the stack."""
+  return leaf if rows is None else jnp.stack([leaf[i] for i in rows])
+
+
+def _leaf_rows(task_grads: PyTree, rows) -> list[tuple[jax.Array, tuple[int, ...] | None]]:
+  """``(leaf, its rows)`` pairs; rows naming every task become None."""
+  leaves = jax.tree.leaves(task_grads)
+  rows = [None] * len(leaves) if rows is None else list(rows)
+  if len(rows) != len(leaves):
+    raise ValueError(f"rows names {len(rows)} leaves, task_grads has {len(leaves)}")
+  full = lambda r: r is None or tuple(r) == tuple(range(leaves[0].shape[0]))
+  return [(leaf, None if full(r) else tuple(r)) for leaf, r in zip(leaves, rows)]
+
+
+def gram_matrix(task_grads: PyTree, rows=None) -> jax.Array:
+  """``G = J J^T`` in float32, summed leaf by leaf (no [T, d] concatenation).
+
+  ``rows`` (optional, one entry per leaf): the tasks whose gradient in that leaf may be
+  non-zero; the others are known to be zero there (e.g. a head that does not read a
+  feature), so their products are skipped rather than computed as zeros. None: all tasks.
+  """
   def leaf_gram(leaf):
     m = leaf.reshape(leaf.shape[0], -1).astype(jnp.float32)
     return m @ m.T
-  return sum(leaf_gram(leaf) for leaf in jax.tree.leaves(task_grads))
+  num_tasks = num_tasks_of(task_grads)
+  gram = jnp.zeros((num_tasks, num_tasks), jnp.float32)
+  for leaf, leaf_rows in _leaf_rows(task_grads, rows):
+    if leaf_rows is None:
+      gram = gram + leaf_gram(leaf)
+    elif leaf_rows:
+      index = np.asarray(leaf_rows)
+      gram = gram.at[np.ix_(index, index)].add(leaf_gram(_rows_of(leaf, leaf_rows)))
+  return gram
 
 
-def weighted_sum(weights: jax.Array, task_grads: PyTree) -> PyTree:
-  """``sum_i w_i g_i`` leaf by leaf; the result has one task's shape."""
-  return jax.tree.map(
-      lambda g: jnp.tensordot(weights.astype(g.dtype), g, axes=1), task_grads)
+def weighted_sum(weights: jax.Array, task_grads: PyTree, rows=None) -> PyTree:
+  """``sum_i w_i g_i`` leaf by leaf; the result has one task's shape. ``rows`` as in
+  ``gram_matrix``: only those tasks' gradients are read in each leaf."""
+  def combine(leaf, leaf_rows):
+    if leaf_rows is not None and not leaf_rows:
+      return jnp.zeros(leaf.shape[1:], leaf.dtype)
+    leaf_weights = weights if leaf_rows is None else weights[np.asarray(leaf_rows)]
+    return jnp.tensordot(leaf_weights.astype(leaf.dtype), _rows_of(leaf, leaf_rows), axes=1)
+  pairs = _leaf_rows(task_grads, rows)
+  return jax.tree.unflatten(jax.tree.structure(task_grads), [combine(*pair) for pair in pairs])
 
 
 # ---------------------------------------------------------------- builders

@@ -35,6 +35,13 @@ class MultiTaskModel:
   def names(self) -> tuple[str, ...]:
     return task_names(self.tasks)
 
+  def feature_readers(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Per leaf of ``Features`` (tokens, pooled): the indices of the tasks whose head reads
+    it. Every other task's gradient w.r.t. that leaf is exactly zero."""
+    tokens = tuple(i for i, spec in enumerate(self.tasks) if spec.token_level)
+    pooled = tuple(i for i, spec in enumerate(self.tasks) if not spec.token_level)
+    return tokens, pooled
+
   def _head(self, spec: TaskSpec) -> Head:
     return Head(spec, hidden=self.head_hidden)
 

@@ -33,14 +33,18 @@ def _cosines(gram: jax.Array) -> jax.Array:
   return gram / (norms[:, None] * norms[None, :])
 
 
-def _combine(balancer: Balancer, task_grads, state, params, losses, want_gram: bool):
-  """Balancer output, new state, and G when it is computed anyway (or wanted for logs)."""
+def _combine(balancer: Balancer, task_grads, state, params, losses, want_gram: bool,
+             rows=None):
+  """Balancer output, new state, and G when it is computed anyway (or wanted for logs).
+
+  ``rows``: per leaf, the tasks whose gradient there can be non-zero (see ``gram_matrix``).
+  """
   if balancer.needs == "gram":
-    gram = gram_matrix(task_grads)
+    gram = gram_matrix(task_grads, rows)
     weights, state = balancer.weigh(gram, state, task_losses=losses)
-    return weighted_sum(weights, task_grads), state, gram
+    return weighted_sum(weights, task_grads, rows), state, gram
   combined, state = balancer.update(task_grads, state, params, task_losses=losses)
-  return combined, state, gram_matrix(task_grads) if want_gram else None
+  return combined, state, gram_matrix(task_grads, rows) if want_gram else None
 
 
 def balanced_gradients(model: MultiTaskModel, balancer: Balancer, params, balancer_state, batch,
@@ -71,7 +75,7 @@ def balanced_gradients(model: MultiTaskModel, balancer: Balancer, params, balanc
     if axis_name is not None:  # the balancer must see every device's examples
       task_grads = lax.all_gather(task_grads, axis_name, axis=1, tiled=True)
     combined, state, gram = _combine(balancer, task_grads, balancer_state, None, losses,
-                                     log_cosines)
+                                     log_cosines, rows=rep.rows)
     if axis_name is not None:  # back to this device's slice of the batch axis
       index = lax.axis_index(axis_name)
       combined = jax.tree.map(
