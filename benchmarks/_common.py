@@ -35,10 +35,14 @@ def pin_threads(num_threads: int | None) -> list[int]:
 
 
 def xla_thread_flags(num_threads: int) -> str:
-  """``XLA_FLAGS`` fragment for ``num_threads`` intra-op threads (set before importing jax)."""
-  if num_threads == 1:
-    return "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-  return f"--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={num_threads}"
+  """``XLA_FLAGS`` fragment for ``num_threads`` intra-op threads (set before importing jax).
+
+  XLA's CPU client sizes its pool by the CPUs the process may use, so the count itself comes
+  from ``pin_threads``; one thread also turns off Eigen's own multi-threading. (A bare
+  ``intra_op_parallelism_threads=N`` is no XLA flag: the flag parser stops at it and drops
+  every flag after it.)
+  """
+  return f"--xla_cpu_multi_thread_eigen={'false' if num_threads == 1 else 'true'}"
 
 
 def interleaved_times(steps: Mapping[str, Callable[[], Any]], *, rounds: int,

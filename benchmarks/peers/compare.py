@@ -13,8 +13,8 @@ heads, MLP 512), mean pool, pooler Dense 128 + tanh; T classification heads 128-
 batch 32 x 64 (multi-input: T batches of 32 x 64, one per task); Adam(1e-3); no dropout.
 
 Protocol: both processes use the same intra-op thread count, ``--threads`` (PyTorch:
-``set_num_threads(n)``, one inter-op thread; XLA: ``--xla_cpu_multi_thread_eigen`` and
-``intra_op_parallelism_threads=n``), and with ``--pin`` the same first n CPUs. The default
+``set_num_threads(n)``, one inter-op thread; XLA: ``--xla_cpu_multi_thread_eigen`` and the
+CPUs it may use), and with ``--pin`` the same first n CPUs. The default
 is 1 thread: on this 2-core machine, shared and oversubscribed, PyTorch's OpenMP pool at 2
 threads ran the EW step 3x slower than at 1 (threads wait at barriers for a descheduled
 sibling), which would measure the contention rather than the frameworks. jmtl's steps are

@@ -32,12 +32,14 @@ from collections.abc import Callable
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parents[1]))  # the repository: benchmarks._common is stdlib-only
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torchjd import aggregation  # noqa: E402
 from torchjd.autojac import jac_to_grad, mtl_backward  # noqa: E402
 
+from benchmarks._common import peak_rss_mib  # noqa: E402
 from libmtl_import import libmtl_weighting  # noqa: E402
 from torch_model import MultiTaskModel, load_jmtl_params  # noqa: E402
 from weights import load_params  # noqa: E402
@@ -236,18 +238,6 @@ def memory(config: dict, name: str, steps: int) -> None:
   for _ in range(steps):
     variants[name].step()
   print(json.dumps({"peak_rss_mib": peak_rss_mib()}))
-
-
-def peak_rss_mib() -> float:
-  """This process's peak resident set (VmHWM).
-
-  Not ``getrusage``'s ``ru_maxrss``: Linux carries that over ``execve`` from the parent, so
-  a child of a large process would report the parent's peak.
-  """
-  for line in pathlib.Path("/proc/self/status").read_text().splitlines():
-    if line.startswith("VmHWM:"):
-      return int(line.split()[1]) / 1024  # kB
-  raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 @contextlib.contextmanager
