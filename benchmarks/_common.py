@@ -100,11 +100,23 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
   return "\n".join([line(headers), separator, *(line(r) for r in cells)])
 
 
+def _cpu_model() -> str | None:
+  """The processor's name: kernel speed differs several-fold between CPU models."""
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or None
+
+
 def machine_info() -> dict[str, Any]:
   """What the numbers depend on: CPUs, load at the time, Python and platform."""
   return {
       "cpus_visible": os.cpu_count(),
       "cpus_allowed": len(os.sched_getaffinity(0)),
+      "cpu_model": _cpu_model(),
       "load_average_1_5_15": list(os.getloadavg()),
       "python": platform.python_version(),
       "platform": platform.platform(),
