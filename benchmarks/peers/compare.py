@@ -295,6 +295,17 @@ def memory_child(args) -> None:
                     "xla_temp_mib": (runner.xla_temp_bytes or 0) / 2**20}))
 
 
+def _reexec_with_preload(library: str) -> None:
+  """Restarts this command with ``library`` in LD_PRELOAD (once; a no-op when it is there)."""
+  if not os.path.isfile(library):
+    raise SystemExit(f"compare: --preload {library}: no such file")
+  if library in os.environ.get("LD_PRELOAD", "").split(":"):
+    return
+  env = dict(os.environ, LD_PRELOAD=":".join(filter(None, (library, os.environ.get("LD_PRELOAD")))))
+  sys.stdout.flush()
+  os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--tasks", default="3,8,16")
@@ -310,9 +321,14 @@ def main(argv=None):
                       help="tiny model, T = 3, same input, EW and PCGrad only, 2 rounds")
   parser.add_argument("--skip-peers", action="store_true", help="jmtl side only (no torch venv)")
   parser.add_argument("--skip-memory", action="store_true")
+  parser.add_argument("--preload", default=None, metavar="LIBRARY",
+                      help="LD_PRELOAD this allocator into both frameworks' processes, e.g. "
+                           "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
   parser.add_argument("--out", type=pathlib.Path, default=_common.RESULTS)
   parser.add_argument("--memory-child", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  if args.preload:
+    _reexec_with_preload(args.preload)  # children (torch worker, memory runs) inherit it
   # Before JAX starts: same CPUs and intra-op threads as the PyTorch worker gets.
   cpus = _common.pin_threads(args.threads if args.pin else None)
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " "
@@ -341,6 +357,7 @@ def main(argv=None):
   payload = report.build_payload(runs, memory_rows, agree, {
       "shape": shape.__dict__, "quick": args.quick, "skip_peers": args.skip_peers,
       "threads": args.threads, "cpus": cpus, "xla_flags": os.environ["XLA_FLAGS"],
+      "ld_preload": os.environ.get("LD_PRELOAD") or None,
       "torch_threads": f"torch.set_num_threads({args.threads}), set_num_interop_threads(1)",
       "rounds": args.repeats, "steps_per_round": args.steps, "warmup_rounds": args.warmup,
       "machine": {**_common.machine_info(), "jax": jax.__version__}})

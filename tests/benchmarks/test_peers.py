@@ -77,12 +77,32 @@ def test_report_targets():
   assert below["met"] and below["limit"] == "< 4.50"
 
 
-def test_compare_quick_without_peers(tmp_path):
+def _loaded_libc() -> str:
+  """The path of the C library this process runs on: harmless to preload into another."""
+  for line in pathlib.Path("/proc/self/maps").read_text().splitlines():
+    path = line.split()[-1]
+    if pathlib.Path(path).name.startswith("libc.so"):
+      return path
+  pytest.fail("no libc.so in /proc/self/maps")
+
+
+def test_compare_preload_of_a_missing_library_is_an_error(tmp_path):
   out = subprocess.run([sys.executable, "-m", "benchmarks.peers.compare", "--quick", "--skip-peers",
-                        "--skip-memory", "--out", str(tmp_path)], cwd=ROOT, capture_output=True,
-                       text=True, timeout=300)
+                        "--preload", str(tmp_path / "libnothing.so"), "--out", str(tmp_path)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0
+  assert "libnothing.so: no such file" in out.stderr
+  assert not (tmp_path / "peers.json").exists()
+
+
+def test_compare_quick_without_peers(tmp_path):
+  libc = _loaded_libc()  # --preload restarts the run with it in LD_PRELOAD
+  out = subprocess.run([sys.executable, "-m", "benchmarks.peers.compare", "--quick", "--skip-peers",
+                        "--skip-memory", "--preload", libc, "--out", str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-4000:]
   payload = json.loads((tmp_path / "peers.json").read_text())
+  assert libc in payload["meta"]["ld_preload"].split(":")
   rows = {(r["library"], r["method"]): r for r in payload["steps"]}
   assert set(rows) == {("jmtl", "ew"), ("jmtl", "pcgrad"), ("jmtl", "rep_pcgrad")}
   for row in rows.values():
