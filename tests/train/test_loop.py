@@ -116,6 +116,20 @@ def test_corrupt_checkpoint_falls_back_to_previous_step(suite_path, tmp_path):
   assert any("step 6 is unreadable" in m for m in messages)
 
 
+def test_relative_workdir_keeps_latest_and_best_checkpoints(suite_path, tmp_path, monkeypatch):
+  # `jmtl train --workdir runs/default` passes a relative path; the best checkpoint is first
+  # saved at the first evaluation, well into the run.
+  path, data_dir = suite_path
+  monkeypatch.chdir(tmp_path)
+  config = tiny_config(path, data_dir, steps=4, eval_every=2, checkpoint_every=2)
+  loop.train_and_evaluate(config, os.path.join("runs", "relative"), out=open(os.devnull, "w"))
+  assert sorted(os.listdir("runs/relative/checkpoints")) == ["2", "4"]
+  assert os.listdir("runs/relative/best")
+  evaluated = loop.evaluate_checkpoint(config, "runs/relative", best=True,
+                                       out=open(os.devnull, "w"))
+  assert evaluated["step"] in (2, 4)
+
+
 def test_workdir_that_is_a_file_is_an_error(suite_path, tmp_path):
   path, data_dir = suite_path
   target = tmp_path / "file"
