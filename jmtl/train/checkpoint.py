@@ -53,8 +53,8 @@ class Checkpoints:
 
   def __init__(self, workdir: str, *, keep: int = 3, best_metric: str | None = None,
                best_mode: str = "max", async_save: bool = True):
-    # Orbax's best-step manager refuses a relative path at its first save (mid-run), so
-    # resolve it here, where a relative `--workdir runs/x` comes in.
+    # Orbax refuses a relative checkpoint path when it writes (at the first save, well into
+    # a run), so resolve it here, where a relative `--workdir runs/x` comes in.
     self.workdir = workdir = os.path.abspath(workdir)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
