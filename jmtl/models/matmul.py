@@ -1,0 +1,62 @@
+"""``lax.dot_general`` for dense layers, with a kernel gradient XLA:CPU lays out well.
+
+The kernel gradient of ``y = x @ W`` is ``x^T g``, a contraction over the batch-and-sequence
+axis of both operands. Left to itself, XLA:CPU transposes the cotangent ``g`` (an elementwise
+fusion with strided writes) and hands the product to a slower generic dot. For a layer that
+widens (the MLP's first projection: g is 4x the size of x) that transpose is the expensive
+one. ``dense_dot_general`` transposes ``x`` instead, once, during the forward pass of
+differentiation, and states the kernel term of the JVP as a contraction over ``x^T``'s leading
+axis, so its transpose (the kernel gradient) is the plain product ``x^T @ g``.
+
+It is a ``custom_jvp``, not a ``custom_vjp``: forward mode, ``jax.hessian`` and gradients of
+gradients keep working. Layers that narrow (fan-in > fan-out) keep XLA's own form, which was as
+fast there. Measured on the benchmark encoder (one CPU thread): the equal-weight step 5% and
+the multi-input exact step at T=8 8% faster, the same-input exact step
+at T=8 within noise (its vmapped kernel gradient still transposes g), same temporary memory.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _matmul(x, kernel, precision):
+  return jnp.matmul(x, kernel, precision=precision)
+
+
+@_matmul.defjvp
+def _matmul_jvp(precision, primals, tangents):
+  x, kernel = primals
+  x_dot, kernel_dot = tangents
+  # The barrier keeps XLA from folding the transpose back into the dot, which would restore
+  # the layout this module avoids.
+  x_t = lax.optimization_barrier(x.T)
+  kernel_term = lax.dot_general(x_t, kernel_dot, (((0,), (0,)), ((), ())), precision=precision)
+  y_dot = jnp.matmul(x_dot, kernel, precision=precision) + kernel_term
+  return _matmul(x, kernel, precision), y_dot
+
+
+def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None,
+                      **kwargs):
+  """Drop-in ``lax.dot_general`` for Flax ``Dense``/``DenseGeneral``/attention projections.
+
+  Takes the dense-layer form (``lhs``'s trailing axes against ``rhs``'s leading axes, no batch
+  axes) of a layer that does not narrow; anything else goes to ``lax.dot_general`` unchanged.
+  """
+  (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
+  n = len(lhs_contract)
+  dense_form = (not lhs_batch and not rhs_batch and n > 0
+                and tuple(lhs_contract) == tuple(range(lhs.ndim - n, lhs.ndim))
+                and tuple(rhs_contract) == tuple(range(n)))
+  fan_in, fan_out = math.prod(rhs.shape[:n]), math.prod(rhs.shape[n:])
+  if not dense_form or fan_in > fan_out or preferred_element_type is not None or kwargs:
+    return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                           preferred_element_type=preferred_element_type, **kwargs)
+  out = _matmul(lhs.reshape(-1, fan_in), rhs.reshape(fan_in, fan_out), precision)
+  return out.reshape(lhs.shape[:lhs.ndim - n] + rhs.shape[n:])
