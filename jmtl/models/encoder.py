@@ -8,8 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jmtl.models.matmul import dense_dot_general
-
+from jmtl.models.matmul import Dense, dense_dot_general
 
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:
@@ -47,9 +46,9 @@ class EncoderBlock(nn.Module):
             h, h, mask=attention_bias, deterministic=deterministic)
     x = x + nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
     h = nn.LayerNorm(name="mlp_norm")(x)
-    h = nn.Dense(cfg.mlp_width, dot_general=dense_dot_general, name="mlp_in")(h)
+    h = Dense(cfg.mlp_width, name="mlp_in")(h)
     h = nn.gelu(h)
-    h = nn.Dense(cfg.width, dot_general=dense_dot_general, name="mlp_out")(h)
+    h = Dense(cfg.width, name="mlp_out")(h)
     return x + nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
 
 
@@ -91,7 +90,7 @@ class Encoder(nn.Module):
     tokens = nn.LayerNorm(name="final_norm")(x)
     weights = mask.astype(tokens.dtype)[..., None]
     mean = jnp.sum(tokens * weights, axis=-2) / jnp.maximum(jnp.sum(weights, axis=-2), 1.0)
-    pooled = jnp.tanh(nn.Dense(cfg.pooled_width, dot_general=dense_dot_general, name="pooler")(mean))
+    pooled = jnp.tanh(Dense(cfg.pooled_width, name="pooler")(mean))
     return tokens, pooled
 
 

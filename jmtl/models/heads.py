@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 
-from jmtl.models.matmul import dense_dot_general
-
+from jmtl.models.matmul import Dense
 from jmtl.tasks import TaskKind, TaskSpec
 
 
@@ -25,14 +24,14 @@ class Head(nn.Module):
     spec = self.spec
     match spec.kind:
       case TaskKind.CLASSIFICATION | TaskKind.REGRESSION:
-        h = nn.relu(nn.Dense(self.hidden, dot_general=dense_dot_general, name="hidden")(pooled))
-        out = nn.Dense(spec.num_labels, dot_general=dense_dot_general, name="out")(h)
+        h = nn.relu(Dense(self.hidden, name="hidden")(pooled))
+        out = Dense(spec.num_labels, name="out")(h)
         return out[..., 0] if spec.kind == TaskKind.REGRESSION else out
       case TaskKind.TAGGING | TaskKind.SPAN_QA:
-        return nn.Dense(spec.num_labels, dot_general=dense_dot_general, name="out")(tokens)
+        return Dense(spec.num_labels, name="out")(tokens)
       case TaskKind.MLM:
-        h = nn.gelu(nn.Dense(tokens.shape[-1], dot_general=dense_dot_general, name="transform")(tokens))
+        h = nn.gelu(Dense(tokens.shape[-1], name="transform")(tokens))
         h = nn.LayerNorm(name="norm")(h)
-        return nn.Dense(spec.num_labels, dot_general=dense_dot_general, name="out")(h)
+        return Dense(spec.num_labels, name="out")(h)
     raise ValueError(f"task {spec.name!r}: no head for kind {spec.kind!r}")
 

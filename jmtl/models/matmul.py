@@ -11,8 +11,10 @@ axis, so its transpose (the kernel gradient) is the plain product ``x^T @ g``.
 It is a ``custom_jvp``, not a ``custom_vjp``: forward mode, ``jax.hessian`` and gradients of
 gradients keep working. Layers that narrow (fan-in > fan-out) keep XLA's own form, which was as
 fast there. Measured on the benchmark encoder (one CPU thread): the equal-weight step 5% and
-the multi-input exact step at T=8 8% faster, the same-input exact step
-at T=8 within noise (its vmapped kernel gradient still transposes g), same temporary memory.
+the multi-input exact step at T=8 8% faster, the same-input exact step at T=8 within noise (its
+vmapped kernel gradient still transposes g), same temporary memory.
+
+``Dense`` is ``flax.linen.Dense`` with it; the encoder and heads build every projection from it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import functools
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -60,3 +63,6 @@ def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_ele
                            preferred_element_type=preferred_element_type, **kwargs)
   out = _matmul(lhs.reshape(-1, fan_in), rhs.reshape(fan_in, fan_out), precision)
   return out.reshape(lhs.shape[:lhs.ndim - n] + rhs.shape[n:])
+
+
+Dense = functools.partial(nn.Dense, dot_general=dense_dot_general)
