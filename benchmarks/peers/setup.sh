@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates benchmarks/peers/.venv with the PyTorch peers: torch 2.13 (CPU build), LibMTL 1.1.5
-# and torchjd 0.18. Idempotent: an existing venv whose imports work is left alone.
+# torchjd 0.18, and Hugging Face transformers 5 (BertModel for the fine-tuning benchmark, with
+# its real deps: tokenizers, safetensors, huggingface_hub, regex). Idempotent: an existing venv whose imports work is left alone.
 #
 # Which Python: torch's CPU wheel is what we want (the PyPI wheel for Linux is the CUDA build
 # and drags in ~3 GB of nvidia-* packages). This machine's pip config has a local find-links
@@ -21,10 +22,11 @@ import importlib.metadata as md
 import sys
 sys.path.insert(0, "benchmarks/peers")
 import torch, torchjd, numpy, scipy, cvxpy, qpsolvers  # noqa: F401
+from transformers import BertConfig, BertModel  # noqa: F401
 from libmtl_import import libmtl_weighting
 libmtl_weighting()  # the submodule alone; see above
 print("torch", torch.__version__, "torchjd", md.version("torchjd"), "LibMTL", md.version("LibMTL"),
-      "numpy", numpy.__version__)
+      "transformers", md.version("transformers"), "numpy", numpy.__version__)
 PY
 }
 
@@ -58,4 +60,7 @@ fi
 # Extras: UPGrad's dual-cone projector (quadprog) and CAGrad (cvxpy); scipy for LibMTL's CAGrad.
 "${pip[@]}" "torchjd[quadprog-projector,cagrad]==0.18.*" "numpy<3" scipy
 "${pip[@]}" --no-deps "LibMTL==1.1.5"
+# transformers (torch backend only; no accelerate/datasets): wt-bert's PyTorch side of the BERT
+# fine-tuning benchmark builds transformers.BertModel here.
+"${pip[@]}" "transformers==5.*" tokenizers safetensors huggingface_hub regex
 check
