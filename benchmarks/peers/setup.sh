@@ -21,7 +21,7 @@ check() {
 import importlib.metadata as md
 import sys
 sys.path.insert(0, "benchmarks/peers")
-import torch, torchjd, numpy, scipy, cvxpy, qpsolvers  # noqa: F401
+import torch, torchjd, numpy, scipy, cvxpy, ecos, qpsolvers  # noqa: F401
 from transformers import BertConfig, BertModel  # noqa: F401
 from libmtl_import import libmtl_weighting
 libmtl_weighting()  # the submodule alone; see above
@@ -57,8 +57,9 @@ if [[ -n "$cpu_wheel" && "$("$python" -c 'import sys; print(sys.version_info[:2]
 else
   "${pip[@]}" "torch==2.13.*"
 fi
-# Extras: UPGrad's dual-cone projector (quadprog) and CAGrad (cvxpy); scipy for LibMTL's CAGrad.
-"${pip[@]}" "torchjd[quadprog-projector,cagrad]==0.18.*" "numpy<3" scipy
+# Extras: UPGrad's dual-cone projector (quadprog), CAGrad (cvxpy), Nash-MTL (ecos), FairGrad
+# (scipy; also LibMTL's CAGrad).
+"${pip[@]}" "torchjd[quadprog-projector,cagrad,nash-mtl,fairgrad]==0.18.*" "numpy<3" scipy
 "${pip[@]}" --no-deps "LibMTL==1.1.5"
 # transformers (torch backend only; no accelerate/datasets): wt-bert's PyTorch side of the BERT
 # fine-tuning benchmark builds transformers.BertModel here.
