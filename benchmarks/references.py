@@ -270,14 +270,21 @@ def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
   parser.add_argument("--workdir", help="keep the exchanged .npz files here")
+  parser.add_argument("--reuse-peers", metavar="PEERS_NPZ",
+                      help="a peers.npz kept by an earlier --workdir run of the same cases: "
+                      "re-runs only jmtl's side and the comparison")
   args = parser.parse_args(argv)
   from benchmarks.peers import reference_report as report
 
   cases = make_cases()
-  with tempfile.TemporaryDirectory() as scratch:
-    workdir = pathlib.Path(args.workdir or scratch)
-    workdir.mkdir(parents=True, exist_ok=True)
-    peers = run_peers(cases, table.METHODS, workdir)
+  if args.reuse_peers:
+    with np.load(args.reuse_peers) as data:
+      peers = {key: data[key] for key in data.files}
+  else:
+    with tempfile.TemporaryDirectory() as scratch:
+      workdir = pathlib.Path(args.workdir or scratch)
+      workdir.mkdir(parents=True, exist_ok=True)
+      peers = run_peers(cases, table.METHODS, workdir)
   result = compare_all(cases, table.METHODS, peers)
   meta = {"jmtl": git_commit(), "peers": json.loads(str(peers["versions"])),
           "machine": _common.machine_info(), "dimension": DIMENSION, "steps": STEPS,

@@ -93,13 +93,14 @@ METHODS: tuple[Method, ...] = (
     Method("aligned_mtl", {"scale_mode": "min"}, (
         Peer("torchjd", "AlignedMTL", {"scale_mode": "min"}, scale="T",
              note="the rank cut max(lambda) T eps uses the dtype's eps, so on an "
-             "ill-conditioned G float32 and float64 keep different numbers of eigenvalues"),)),
+             "ill-conditioned G float32 and float64 keep different numbers of eigenvalues, and "
+             "near the cut float32 round-off decides whether the smallest is kept (the answer "
+             "jumps)"),)),
     Method("upgrad", {}, (Peer("torchjd", "UPGrad", {}, note=_DUAL_CONE),)),
     Method("dualproj", {}, (Peer("torchjd", "DualProj", {}, note=_DUAL_CONE),)),
     Method("config", {}, (Peer("torchjd", "ConFIG", {}),), weights=False),
     Method("krum", {"n_byzantine": 0, "n_selected": 1}, (
-        Peer("torchjd", "Krum", {"n_byzantine": 0, "n_selected": 1},
-             note="torchjd scores with unsquared distances, jmtl (and the paper) with squared"),),
+        Peer("torchjd", "Krum", {"n_byzantine": 0, "n_selected": 1}),),
         tasks=(3, 8)),
     Method("trimmed_mean", {"trim_number": 1}, (
         Peer("torchjd", "TrimmedMean", {"trim_number": 1}),), tasks=(3, 8), weights=False),

@@ -22,6 +22,12 @@ def _worst(row: dict) -> float:
   return math.inf if row.get("peer_error") else max(row["rel_direction"], row.get("rel_weights", 0.0))
 
 
+def reason_counts(rows: list[dict]) -> dict[str, int]:
+  """How often each kind of reason (a reason's first clause, before any figures) occurs."""
+  heads = [r["reason"].split(";")[0].split(":")[0].split(" (")[0] for r in rows if "reason" in r]
+  return {head: heads.count(head) for head in sorted(set(heads), key=heads.count, reverse=True)}
+
+
 def summary(rows: list[dict]) -> list[dict]:
   """One line per (method, peer): how many compared steps, the largest differences."""
   out = []
@@ -40,6 +46,7 @@ def summary(rows: list[dict]) -> list[dict]:
           "median_rel_direction": statistics.median(directions) if directions else None,
           "max_rel_weights": max(weights, default=None),
           "above_tolerance": sum(_worst(r) > checks.TOLERANCE for r in mine),
+          "reasons": reason_counts(mine),
           "unexplained": sum(r.get("reason") == "UNEXPLAINED" for r in mine)})
   return out
 
@@ -79,10 +86,11 @@ def markdown(payload: dict) -> str:
       "",
       _common.markdown_table(
           ["method", "peer", "scale", "steps", "max rel dir", "median rel dir", "max rel w",
-           "> tol", "peer errors", "unexplained"],
+           "> tol", "peer errors", "unexplained", "reasons (count)"],
           [[s["method"], f"{s['library']} {s['peer']}", s["scale"], s["compared_steps"],
             _e(s["max_rel_direction"]), _e(s["median_rel_direction"]), _e(s["max_rel_weights"]),
-            s["above_tolerance"], s["peer_errors"], s["unexplained"]]
+            s["above_tolerance"], s["peer_errors"], s["unexplained"],
+            "; ".join(f"{head} ({n})" for head, n in s["reasons"].items())]
            for s in payload["summary"]]),
       "",
   ]
