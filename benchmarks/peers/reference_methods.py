@@ -112,9 +112,10 @@ METHODS: tuple[Method, ...] = (
         "there is one order"),
     Method("excess_mtl", {"robust_step_size": 1e-2}, (
         Peer("torchjd", "ExcessMTL", {"robust_step_size": 1e-2}, scale="T",
-             note="variant: on its first step torchjd (citing the official code) applies the "
-             "raw excess estimate e_i, exp(eta e_i); jmtl the ratio e_i / e_i(0) = 1, which "
-             "leaves the weights at 1; the difference carries into later steps"),)),
+             note="variant: on its first step torchjd applies the raw excess estimate, "
+             "softmax(eta e_i); the authors' code (as vendored in LibMTL's later "
+             "weighting/ExcessMTL.py) and jmtl only record e_i(0) and keep the weights at 1, "
+             "so the weights differ from step 1 on"),)),
     Method("gls", {}, (
         Peer("libmtl", "GLS", {}, weights=False, note="LibMTL returns L_i / (T prod L) as its "
              "weights, not the weights of the loss it differentiates"),)),
