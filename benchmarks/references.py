@@ -208,19 +208,12 @@ def compare_case(method: table.Method, peer: table.Peer, case: str, arrays: dict
   return rows
 
 
-def worst(row: dict) -> float:
-  """The row's largest relative difference (direction or weights); inf for a peer error."""
-  if row.get("peer_error"):
-    return float("inf")
-  return max(row["rel_direction"], row.get("rel_weights", 0.0))
-
-
 def explain(rows: list[dict]) -> list[dict]:
   """Adds ``reason`` to every row above tolerance."""
   notes = {(m.name, p.library): "; ".join(filter(None, (m.note, p.note)))
            for m in table.METHODS for p in m.peers}
   for row in rows:
-    if worst(row) > checks.TOLERANCE:
+    if checks.worst(row) > checks.TOLERANCE:
       row["reason"] = checks.reason(row, notes[(row["method"], row["library"])])
   return rows
 

@@ -21,6 +21,13 @@ def relative(value, reference) -> float:
   return float(np.linalg.norm(value - reference) / scale)
 
 
+def worst(row: dict) -> float:
+  """A compared step's largest relative difference (direction or weights); inf for a peer error."""
+  if row.get("peer_error"):
+    return float("inf")
+  return max(row["rel_direction"], row.get("rel_weights", 0.0))
+
+
 def cosine(a, b) -> float:
   norms = np.linalg.norm(a) * np.linalg.norm(b)
   return float(a @ b / norms) if norms > 0 else float("nan")

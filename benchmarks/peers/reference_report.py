@@ -1,8 +1,7 @@
-"""The JSON payload and the Markdown table of benchmarks/references.py (NumPy- and torch-free)."""
+"""The JSON payload and the Markdown table of benchmarks/references.py (torch-free)."""
 
 from __future__ import annotations
 
-import math
 import statistics
 from typing import Any
 
@@ -16,10 +15,6 @@ CONVENTIONS = {
     "T": "peer output times T (the peer averages where jmtl sums)",
     "1/(1+c^2)": "peer output divided by 1 + c^2 (jmtl's and LibMTL's rescale=1)",
 }
-
-
-def _worst(row: dict) -> float:
-  return math.inf if row.get("peer_error") else max(row["rel_direction"], row.get("rel_weights", 0.0))
 
 
 def reason_counts(rows: list[dict]) -> dict[str, int]:
@@ -45,7 +40,7 @@ def summary(rows: list[dict]) -> list[dict]:
           "max_rel_direction": max(directions, default=None),
           "median_rel_direction": statistics.median(directions) if directions else None,
           "max_rel_weights": max(weights, default=None),
-          "above_tolerance": sum(_worst(r) > checks.TOLERANCE for r in mine),
+          "above_tolerance": sum(checks.worst(r) > checks.TOLERANCE for r in mine),
           "reasons": reason_counts(mine),
           "unexplained": sum(r.get("reason") == "UNEXPLAINED" for r in mine)})
   return out
@@ -112,7 +107,7 @@ def markdown(payload: dict) -> str:
   lines += ["## Every difference above tolerance, with its reason", ""]
   for entry in payload["summary"]:
     rows = [r for r in payload["rows"] if r["method"] == entry["method"]
-            and r["library"] == entry["library"] and _worst(r) > checks.TOLERANCE]
+            and r["library"] == entry["library"] and checks.worst(r) > checks.TOLERANCE]
     if not rows:
       continue
     lines += [f"### {entry['method']} vs {entry['library']} {entry['peer']}", "",
