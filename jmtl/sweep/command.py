@@ -48,8 +48,9 @@ def _report_arguments(parser) -> None:
                       help="the method others are compared with (default equal_weight)")
 
 
-def run(args: argparse.Namespace, overrides: list[str], out=sys.stdout) -> int:
+def run(args: argparse.Namespace, overrides: list[str], out=None) -> int:
   from jmtl.config import ConfigError
+  out = out or sys.stdout  # looked up at call time (tests capture it)
   if args.command == "plot":
     from jmtl.sweep import plots
     for path in plots.plot_curves(args.workdir, args.out):

@@ -138,7 +138,7 @@ def _plot_run(workdir: str, out: str) -> str:
     ax.grid(alpha=0.3)
     if key == "cosines":
       ax.axhline(0, color="black", linewidth=0.8)
-  figure.suptitle(os.path.basename(os.path.normpath(workdir)))
+  figure.suptitle("/".join(os.path.normpath(workdir).split(os.sep)[-3:]))
   figure.tight_layout()
   figure.savefig(out, dpi=110)
   plt.close(figure)

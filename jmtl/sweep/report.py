@@ -123,7 +123,7 @@ def build_report(sweep_dir: str, *, split: str | None = None,
   if split is None:
     split = "test" if all(_has_split(sweep_dir, r, "test") for r in records) else "validation"
   suites: dict[str, Any] = {}
-  for record in sorted(records, key=lambda r: (r["suite"], r["run_id"])):
+  for record in sorted(records, key=lambda r: r["suite"]):  # stable: the grid's method order
     suite = suites.setdefault(record["suite"], {"groups": {}, "tasks": {}})
     values = _run_values(sweep_dir, record, split)
     for task, metric in values["main_metrics"].items():
