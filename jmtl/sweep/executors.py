@@ -62,7 +62,12 @@ def run_subprocess(command: list[str], log_path: str, on_start=None) -> Outcome:
       f.write(str(process.pid))
     if on_start is not None:
       on_start(process)
-    _, status, usage = os.wait4(process.pid, 0)
+    try:
+      _, status, usage = os.wait4(process.pid, 0)
+    except BaseException:  # a cancelled Ray task: stop the run as Ctrl-C would, then go
+      process.send_signal(signal.SIGINT)
+      process.wait()
+      raise
     process.returncode = os.waitstatus_to_exitcode(status)
     os.remove(pid_file)
   tail = ""
