@@ -1,7 +1,8 @@
 """The ``jmtl sweep``, ``jmtl sweep report`` and ``jmtl plot`` commands (parsers + entry).
 
   jmtl sweep --dir DIR [--sweep configs/sweeps/x.py] [--config CONFIG] [--workers N]
-             [--executor local|ray] [--extend] [--config.KEY=V1,V2 ...]
+             [--executor local|ray [--cpus_per_run C] [--gpus_per_run G]] [--extend]
+             [--config.KEY=V1,V2 ...]
   jmtl sweep report DIR [--split validation|test] [--tasks A,B] [--reference equal_weight]
   jmtl plot WORKDIR [--out FILE]     (training curves; for a sweep directory, one per run)
 
@@ -27,7 +28,10 @@ def add_parsers(commands) -> None:
                      "seeds, suites, baselines, overrides")
   sweep.add_argument("--config", help="training config file (default: the sweep file's)")
   sweep.add_argument("--workers", type=int, default=1, help="runs at once (default 1)")
-  sweep.add_argument("--executor", default="local", choices=("local", "ray"))
+  sweep.add_argument("--executor", default="local", choices=("local", "ray"),
+                     help="local processes, or Ray tasks (RAY_ADDRESS: an existing cluster)")
+  sweep.add_argument("--cpus_per_run", type=float, default=1, help="Ray: CPUs per run")
+  sweep.add_argument("--gpus_per_run", type=float, default=0, help="Ray: GPUs per run")
   sweep.add_argument("--extend", action="store_true",
                      help="add this grid's runs to a sweep directory made by another grid")
   _report_arguments(sweep)
@@ -69,8 +73,9 @@ def run(args: argparse.Namespace, overrides: list[str], out=None) -> int:
   from jmtl.sweep.manifest import FAILED
   from jmtl.sweep.runner import run_sweep
   grid = build_grid(args.sweep, args.config, overrides)
-  counts = run_sweep(grid, args.dir, make_executor(args.executor, args.workers),
-                     extend=args.extend, out=out)
+  executor = make_executor(args.executor, args.workers, cpus_per_run=args.cpus_per_run,
+                           gpus_per_run=args.gpus_per_run)
+  counts = run_sweep(grid, args.dir, executor, extend=args.extend, out=out)
   _report(args.dir, args, out)
   return EXIT_SOME_RUNS_FAILED if counts[FAILED] else 0
 

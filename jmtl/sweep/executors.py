@@ -125,10 +125,12 @@ class LocalExecutor:
     self._pool.shutdown(wait=True)
 
 
-def make_executor(name: str, workers: int):
+def make_executor(name: str, workers: int, *, cpus_per_run: float = 1,
+                  gpus_per_run: float = 0):
+  """``cpus_per_run``/``gpus_per_run``: each run's resource request (Ray only)."""
   if name == "local":
     return LocalExecutor(workers)
   if name == "ray":
     from jmtl.sweep.ray_executor import RayExecutor
-    return RayExecutor(workers)
+    return RayExecutor(workers, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run)
   raise ValueError(f"unknown executor {name!r}; valid: {', '.join(EXECUTORS)}")

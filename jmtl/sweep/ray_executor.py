@@ -9,18 +9,17 @@ from __future__ import annotations
 from jmtl.config import ConfigError
 from jmtl.sweep.executors import run_subprocess
 
-try:
-  import ray
-except ImportError:
-  ray = None
-
 
 class RayExecutor:
 
   def __init__(self, workers: int = 1, *, cpus_per_run: float = 1, gpus_per_run: float = 0):
-    if ray is None:
-      raise ConfigError("the ray executor needs Ray: pip install 'jmtl[ray]'")
-    if not ray.is_initialized():
+    try:
+      import ray
+    except ImportError:
+      raise ConfigError("the ray executor needs Ray: pip install 'jmtl[ray]'") from None
+    self._ray = ray
+    self._started_ray = not ray.is_initialized()
+    if self._started_ray:
       ray.init()  # RAY_ADDRESS (if set) joins an existing cluster
     self.capacity = workers
     self._remote = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run,
@@ -34,20 +33,23 @@ class RayExecutor:
     return len(self._refs)
 
   def wait(self):
-    done, _ = ray.wait(list(self._refs), num_returns=1)
-    return [(self._refs.pop(ref), ray.get(ref)) for ref in done]
+    done, _ = self._ray.wait(list(self._refs), num_returns=1)
+    return [(self._refs.pop(ref), self._ray.get(ref)) for ref in done]
 
   def interrupt(self):
+    """Cancels every task (its subprocess gets Ctrl-C and saves a checkpoint); runs that
+    ended anyway are returned, the others stay 'running' and re-run next time."""
     for ref in self._refs:
-      ray.cancel(ref)  # KeyboardInterrupt in the task: its subprocess gets killed
+      self._ray.cancel(ref)
     finished = []
     for ref, key in list(self._refs.items()):
       try:
-        finished.append((key, ray.get(ref)))
-      except (ray.exceptions.TaskCancelledError, ray.exceptions.RayTaskError):
-        pass  # recorded as still running: the next sweep re-runs it from its checkpoints
+        finished.append((key, self._ray.get(ref)))
+      except (self._ray.exceptions.TaskCancelledError, self._ray.exceptions.RayTaskError):
+        pass
     self._refs.clear()
     return finished
 
   def close(self) -> None:
-    pass
+    if self._started_ray:
+      self._ray.shutdown()
