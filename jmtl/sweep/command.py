@@ -76,7 +76,10 @@ def run(args: argparse.Namespace, overrides: list[str], out=None) -> int:
   executor = make_executor(args.executor, args.workers, cpus_per_run=args.cpus_per_run,
                            gpus_per_run=args.gpus_per_run)
   counts = run_sweep(grid, args.dir, executor, extend=args.extend, out=out)
-  _report(args.dir, args, out)
+  try:
+    _report(args.dir, args, out)
+  except ConfigError as e:  # e.g. every run failed: the sweep's own outcome still counts
+    print(f"no report: {e}", file=out)
   return EXIT_SOME_RUNS_FAILED if counts[FAILED] else 0
 
 

@@ -23,8 +23,9 @@ EXIT_INTERRUPTED = 130
 
 
 def run_sweep(grid: Grid, sweep_dir: str, executor, *, extend: bool = False,
-              out=sys.stdout) -> dict[str, int]:
+              out=None) -> dict[str, int]:
   """Runs what is not done yet; returns the final ``{status: count}`` of this grid's runs."""
+  out = out or sys.stdout
   if os.path.exists(sweep_dir) and not os.path.isdir(sweep_dir):
     raise ConfigError(f"sweep directory {sweep_dir!r} is a file")
   os.makedirs(sweep_dir, exist_ok=True)
