@@ -151,3 +151,21 @@ def assert_png(path):
   image = matplotlib.image.imread(path)
   assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
   assert image.std() > 0  # something was drawn
+
+
+def test_pareto_with_three_tasks_draws_pairwise_panels(tmp_path, sweep_dir, capsys):
+  summary = report.build_report(sweep_dir)
+  suite = summary["suites"]["toy"]
+  suite["tasks"]["c"] = {"metric": "f1", "higher_is_better": True}
+  for entry in suite["groups"].values():
+    entry["metrics"]["c"] = {"mean": 0.5, "se": 0.1, "n": 3}
+    for run in entry["runs"]:
+      run["main"]["c"] = 0.5
+  two = plots.plot_pareto(summary, str(tmp_path), ("a", "b"))[0]
+  import matplotlib.image
+  width_two = matplotlib.image.imread(two).shape[1]
+  three = plots.plot_pareto(summary, str(tmp_path))[0]
+  assert_png(three)
+  assert matplotlib.image.imread(three).shape[1] > 2.5 * width_two  # a, b | a, c | b, c
+  assert cli.main(["sweep", "report", sweep_dir, "--tasks", "a,zzz"]) == cli.EXIT_ERROR
+  assert "--tasks a,zzz: suite 'toy' has tasks a, b; name two or more" in capsys.readouterr().err
