@@ -38,7 +38,8 @@ def test_grid_runs_named_from_their_point(tmp_path):
   ids = {r.run_id for r in runs}
   assert "en_mix/cagrad_c=0.4_optimizer.learning_rate=3e-3/seed1" in ids
   assert grid.fixed == ("train.steps=5", "data.buckets=(16,)")
-  run = next(r for r in runs if r.run_id == "en_mix/cagrad_c=0.2_optimizer.learning_rate=1e-3/seed0")
+  wanted = "en_mix/cagrad_c=0.2_optimizer.learning_rate=1e-3/seed0"
+  run = next(r for r in runs if r.run_id == wanted)
   command = run.command(str(tmp_path), grid.config)
   assert "--config.balancer.c=0.2" in command and "--config.seed=0" in command
   assert "--config.optimizer.learning_rate=1e-3" in command

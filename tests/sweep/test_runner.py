@@ -21,7 +21,8 @@ os.makedirs(workdir, exist_ok=True)
 json.dump({}, open(os.path.join(workdir, name), "w"))
 print("trained", workdir)
 """
-FAIL = "import sys; print('step 3', flush=True); print('RuntimeError: boom', file=sys.stderr); sys.exit(3)"
+FAIL = ("import sys; print('step 3', flush=True); "
+        "print('RuntimeError: boom', file=sys.stderr); sys.exit(3)")
 
 
 class ScriptedExecutor(LocalExecutor):
