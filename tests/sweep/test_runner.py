@@ -75,3 +75,28 @@ def test_failures_are_recorded_and_the_rest_go_on_then_a_rerun_retries_them(tmp_
   assert "2 run(s) already done, 4 to run" in out
   assert sorted(executor.commands) == ["en_mix/baselines/seed1", "en_mix/equal_weight/seed1",
                                        "en_mix/pcgrad/seed0", "en_mix/pcgrad/seed1"]
+
+
+def test_a_run_left_running_by_a_killed_sweep_is_not_started_twice(tmp_path):
+  import subprocess
+
+  import pytest
+
+  from jmtl.config import ConfigError
+  sweep_dir = tmp_path / "sweep"
+  workdir = sweep_dir / "runs" / "en_mix" / "baselines" / "seed0"
+  workdir.mkdir(parents=True)
+  # Stands in for a `jmtl train` whose sweep was SIGKILLed: alive, its workdir on its cmdline.
+  orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", str(workdir)])
+  try:
+    (workdir / "sweep_run.pid").write_text(str(orphan.pid))
+    executor = ScriptedExecutor()
+    with pytest.raises(ConfigError, match=f"run en_mix/baselines/seed0 is still running as pid "
+                                          f"{orphan.pid}"):
+      run_sweep(grid(tmp_path), str(sweep_dir), executor)
+    assert not executor.commands
+  finally:
+    orphan.kill()
+    orphan.wait()
+  counts = run_sweep(grid(tmp_path), str(sweep_dir), ScriptedExecutor())  # gone: runs now
+  assert counts["done"] == 6
