@@ -89,11 +89,14 @@ class LocalExecutor:
     self._futures: dict[concurrent.futures.Future, str] = {}
     self._processes: dict[str, subprocess.Popen] = {}
     self._lock = threading.Lock()
+    self._stopping = False
 
   def submit(self, key: str, command: list[str], log_path: str) -> None:
     def started(process):
       with self._lock:
         self._processes[key] = process
+        if self._stopping:  # started just as the sweep was interrupted
+          process.send_signal(signal.SIGINT)
     future = self._pool.submit(run_subprocess, command, log_path, started)
     self._futures[future] = key
 
@@ -113,6 +116,7 @@ class LocalExecutor:
 
   def interrupt(self) -> list[tuple[str, Outcome]]:
     with self._lock:
+      self._stopping = True
       for process in self._processes.values():
         if process.returncode is None:
           process.send_signal(signal.SIGINT)
