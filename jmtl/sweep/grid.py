@@ -171,8 +171,11 @@ def build_grid(sweep_file: str | None, config_path: str | None,
                       "the sweep config file")
   config_path = os.path.abspath(config_path)
   base = load_config(config_path)
+  file_overrides = spec.get("overrides", ())
+  if isinstance(file_overrides, str):
+    file_overrides = (file_overrides,)
   parsed = []
-  for flag in [*spec.get("overrides", ()), *flags]:
+  for flag in [*file_overrides, *flags]:
     if "=" not in flag:
       raise ConfigError(f"{where}: override {flag!r} is not KEY=VALUE or KEY=V1,V2")
     key, text = flag.split("=", 1)
@@ -199,7 +202,9 @@ def build_grid(sweep_file: str | None, config_path: str | None,
   for name, hparams in methods:
     for values in itertools.product(*hparam_axes.values()):
       merged = {**hparams, **{k: _literal(v) for k, v in zip(hparam_axes, values)}}
-      expanded.append((name, tuple(sorted(merged.items()))))
+      # Lists become tuples: a method must be hashable, and --config.balancer.K=(..) is one.
+      expanded.append((name, tuple(sorted(
+          (k, tuple(v) if isinstance(v, list) else v) for k, v in merged.items()))))
   grid = Grid(config=config_path, methods=tuple(dict.fromkeys(expanded)),
               seeds=tuple(dict.fromkeys(seeds)), suites=tuple(dict.fromkeys(map(str, suites))),
               baselines=bool(spec.get("baselines", False)),

@@ -50,7 +50,8 @@ def test_grid_runs_named_from_their_point(tmp_path):
 def test_sweep_file_with_baselines(tmp_path):
   path = write_sweep_file(tmp_path, f"""
 c.config = {os.path.abspath(CONFIG)!r}
-c.balancers = [("equal_weight", {{}}), ("cagrad", {{"c": 0.4}})]
+c.balancers = [("equal_weight", {{}}), ("cagrad", {{"c": 0.4}}),
+               ("constant", {{"weights": [0.3, 0.7]}})]
 c.seeds = (0, 1)
 c.suites = ("en_mix", "ud_tr")
 c.baselines = True
@@ -66,6 +67,8 @@ c.overrides = ("train.steps=7",)
   command = cagrad.command(str(tmp_path), grid.config)
   assert f"--config.baselines={tmp_path}/runs/ud_tr/baselines/seed3/baselines.json" in command
   assert "--config.train.steps=7" in command
+  constant = next(r for r in runs if r.run_id == "en_mix/constant_weights=_0.3_0.7/seed3")
+  assert "--config.balancer.weights=(0.3, 0.7)" in constant.command(str(tmp_path), grid.config)
   baseline = runs[0].command(str(tmp_path), grid.config)
   assert "--config.single_task=True" in baseline
   assert "--config.balancer.name=equal_weight" in baseline
