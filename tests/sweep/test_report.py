@@ -140,8 +140,16 @@ def test_plot_curves_of_a_run_and_of_every_sweep_run(sweep_dir, capsys):
   out = os.path.join(sweep_dir, "one.png")
   assert cli.main(["plot", workdir, "--out", out]) == 0
   assert_png(out)
+  for method in ("equal_weight", "mgda", "rlw"):  # runs without logs are passed over
+    for seed in range(3):
+      os.remove(os.path.join(sweep_dir, "runs", "toy", method, f"seed{seed}", "metrics.jsonl"))
+  capsys.readouterr()
   assert cli.main(["plot", sweep_dir]) == 0
-  assert capsys.readouterr().out.count("curves.png") == 12  # every run with metrics.jsonl
+  written = capsys.readouterr().out.splitlines()
+  assert written == [f"wrote {sweep_dir}/runs/toy/pcgrad/seed{seed}/curves.png"
+                     for seed in range(3)]
+  for line in written:
+    assert_png(line[len("wrote "):])
 
 
 def assert_png(path):
