@@ -4,6 +4,7 @@
   jmtl eval  --config configs/default.py --workdir runs/default [--checkpoint STEP | --best]
   jmtl data prepare SUITE [--data_dir DIR] [--force]
   jmtl bench NAME [ARGS ...]          (runs benchmarks/NAME.py from the repository)
+  jmtl sweep | sweep report | plot    (grids of runs, their tables and plots: jmtl/sweep)
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
   bench = commands.add_parser("bench", help="run a benchmark script from benchmarks/")
   bench.add_argument("name")
   bench.add_argument("args", nargs=argparse.REMAINDER)
+  from jmtl.sweep import command as sweep_command
+  sweep_command.add_parsers(commands)
   return parser
 
 
@@ -91,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
       data.prepare(args.suite, args.data_dir, force=args.force)
     elif args.command == "bench":
       _bench(args.name, args.args)
+    elif args.command in ("sweep", "plot"):
+      from jmtl.sweep import command as sweep_command
+      return sweep_command.run(args, overrides)
     else:
       config = load_config(args.config, overrides)
       from jmtl.train import loop

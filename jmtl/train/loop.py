@@ -295,7 +295,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if nonfinite:
     say(f"{nonfinite} step(s) were skipped for a non-finite loss or gradient")
   result = {"step": step_number, "validation": validation, "test": test,
-            "delta_m": delta, "nonfinite_steps": nonfinite}
+            "delta_m": delta, "nonfinite_steps": nonfinite,
+            # What a sweep report needs to rank methods and compute Δm from this file alone.
+            "main_metrics": main,
+            "higher_is_better": {tk.name: tk.higher_is_better for tk in tasks}}
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(result, f, indent=2, default=float)
   return result
