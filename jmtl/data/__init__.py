@@ -63,7 +63,9 @@ from jmtl.data.batching import bucket_length
 from jmtl.data.batching import collate
 from jmtl.data.batching import mask_tokens
 from jmtl.data.errors import DataError
+from jmtl.data.errors import DataMismatchError
 from jmtl.data.errors import SourceUnavailable
+from jmtl.data.fingerprints import compare_fingerprints
 from jmtl.data.loading import SUITES
 from jmtl.data.loading import load_suite
 from jmtl.data.loading import prepare

@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from jmtl.data import encode, extras, store, suites, tokenize
+from jmtl.data import encode, extras, fingerprints, store, suites, tokenize
 from jmtl.data.config import SPLITS, TaskConfig
 from jmtl.data.errors import DataError
 from jmtl.data.pipeline import Suite, _Source
@@ -105,7 +105,12 @@ def load_suite(name_or_config: str | Mapping[str, Any],
               for split in SPLITS if split in entry["sizes"]}
     specs = tuple(_spec(task, entry, wordpiece.vocab_size) for task in source.tasks)
     sources.append(_Source(source, specs, splits))
-  suite = Suite(parsed.name, parsed.layout, sources, wordpiece, buckets)
+  identity = {fingerprints.TOKENIZER: fingerprints.tokenizer_fingerprint(
+      tokenizer.get_vocab(), lowercase=lowercase, vocab_file=vocab_file)}
+  identity.update(fingerprints.task_fingerprints(parsed.sources, manifest["sources"],
+                                                 where=str(suite_dir)))
+  suite = Suite(parsed.name, parsed.layout, sources, wordpiece, buckets,
+                fingerprints=identity)
   for source in sources:
     cut = {split: int(data.truncated.sum()) for split, data in source.splits.items()}
     if any(cut.values()):

@@ -40,11 +40,15 @@ class Suite:
     vocab_size, pad_id, mask_id, cls_id, sep_id, unk_id: tokenizer facts.
     max_len: longest sequence; buckets: the padded lengths batches use.
     tokenizer: the ``tokenizers.Tokenizer`` (without truncation).
+    fingerprints: ``{"tokenizer": hex, task: hex, ...}``, what identifies the
+      data (see ``jmtl.data.fingerprints``); a checkpoint records them.
   """
 
   def __init__(self, name: str, layout: str, sources: Sequence[_Source],
-               wordpiece: tokenize.WordPiece, buckets: Sequence[int]):
+               wordpiece: tokenize.WordPiece, buckets: Sequence[int], *,
+               fingerprints: Mapping[str, str]):
     self.name = name
+    self._fingerprints = dict(fingerprints)
     self.layout = layout
     self._sources = tuple(sources)
     self._wordpiece = wordpiece
@@ -60,6 +64,10 @@ class Suite:
     self.truncation = {t.name: {split: int(data.truncated.sum())
                                 for split, data in s.splits.items()}
                        for s in self._sources for t in s.tasks}
+
+  @property
+  def fingerprints(self) -> dict[str, str]:
+    return dict(self._fingerprints)
 
   @property
   def sources(self) -> tuple[_Source, ...]:
