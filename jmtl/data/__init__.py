@@ -72,4 +72,6 @@ from jmtl.data.loading import prepare
 from jmtl.data.pipeline import Suite
 from jmtl.data.pipeline import TrainIterator
 from jmtl.data.samplers import Sampler
+from jmtl.data.spec import read_suite_file
+from jmtl.data.spec import validate_suite_spec
 from jmtl.data.store import default_data_dir

@@ -6,8 +6,8 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from jmtl.data import encode, extras, fingerprints, store, suites, tokenize
-from jmtl.data.config import SPLITS, TaskConfig
+from jmtl.data import encode, extras, fingerprints, spec, store, suites, tokenize
+from jmtl.data.config import SPLITS, TaskConfig, parse_suite
 from jmtl.data.errors import DataError
 from jmtl.data.pipeline import Suite, _Source
 from jmtl.tasks import TaskSpec
@@ -17,6 +17,9 @@ Log = Callable[[str], None]
 
 
 def _ensure(suite: str | Mapping[str, Any], data_dir, *, force: bool, log: Log):
+  if spec.is_suite_file(suite):  # schema errors name the file, before any work
+    spec.validate_suite_spec(suite)
+    suite = spec.read_suite_file(suite)
   data_dir = store.resolve(data_dir)
   if isinstance(suite, Mapping):
     name = suite.get("name")
@@ -32,8 +35,7 @@ def _ensure(suite: str | Mapping[str, Any], data_dir, *, force: bool, log: Log):
   manifest = store.read_manifest(data_dir / str(suite))
   if manifest is None:
     raise DataError(f"suite {suite!r}: not a built-in suite ({', '.join(SUITES)}) and not "
-                    f"built in {data_dir}; pass a config mapping to build it")
-  from jmtl.data.config import parse_suite  # pylint: disable=g-import-not-at-top
+                    f"built in {data_dir}; pass a suite .json file or mapping to build it")
   return data_dir, (parse_suite(manifest["config"]), manifest)
 
 
@@ -42,7 +44,8 @@ def prepare(suite: str | Mapping[str, Any], data_dir: str | os.PathLike | None =
   """Builds (or reuses) a suite and returns per task its split sizes and label count.
 
   Args:
-    suite: a name in ``SUITES`` or a suite config mapping (see ``jmtl.data``).
+    suite: a name in ``SUITES``, a suite ``.json`` file, or a suite config
+      mapping (see ``jmtl.data``).
     data_dir: defaults to ``$JMTL_DATA_DIR`` or ``~/.cache/jmtl/data``.
     force: rebuild even when an up-to-date build exists.
     log: receives one line per step and per task.
@@ -81,7 +84,8 @@ def load_suite(name_or_config: str | Mapping[str, Any],
 
   Args:
     name_or_config: a name in ``SUITES``, the name of a suite built earlier in
-      ``data_dir``, or a config mapping describing local files.
+      ``data_dir``, a suite ``.json`` file, or a config mapping describing
+      local files.
     data_dir: defaults to ``$JMTL_DATA_DIR`` or ``~/.cache/jmtl/data``.
     max_len: longest sequence in tokens, [CLS] and [SEP] included.
     lowercase: lowercase before WordPiece.

@@ -29,7 +29,7 @@ from typing import Any
 from jmtl.data import encode, fingerprints, tokenize
 from jmtl.data.builders import named
 from jmtl.data.builders.common import build_source
-from jmtl.data.config import SuiteConfig, parse_suite
+from jmtl.data.config import SuiteConfig, build_trigger, parse_suite
 from jmtl.data.errors import DataError
 
 MANIFEST = "suite.json"
@@ -126,7 +126,7 @@ def ensure(config: Mapping[str, Any] | None, data_dir: Path, name: str, *,
   """
   suite_dir = data_dir / name
   parsed = parse_suite(config) if config is not None else None
-  fingerprint = f"{fingerprint or parsed.fingerprint}|build-{BUILD_VERSION}"
+  fingerprint = f"{fingerprint or build_trigger(config, parsed)}|build-{BUILD_VERSION}"
   with locked(data_dir, name):
     manifest = read_manifest(suite_dir)
     if manifest is not None and not force and manifest.get("fingerprint") == fingerprint:
