@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from jmtl.data import report
 from jmtl.data.builders import conll, conllu, folders, tabular
 from jmtl.data.builders.reading import Example
 from jmtl.data.config import SPLITS, SourceConfig, TaskConfig
@@ -211,6 +212,9 @@ def build_source(source: SourceConfig, data_dir: Path,
   for split, examples in by_split.items():
     if not examples:
       raise DataError(f"{source.where}: split {split!r} is empty")
+  # Counted before label_sets maps unseen labels to <unk>: the report names them.
+  label_counts = {t.name: report.count_labels(t.name, t.token_level, by_split)
+                  for t in source.tasks if t.kind in ("classification", "tagging")}
   labels = label_sets(source, by_split)
   has_pair = any(e.text_pair is not None for ex in by_split.values() for e in ex)
   with quiet_tfds() as tfds:
@@ -224,4 +228,5 @@ def build_source(source: SourceConfig, data_dir: Path,
       builder.download_and_prepare(download_dir=str(data_dir / "_tfds_downloads"))
   return {"dataset": source.name, "version": VERSION, "format": source.format,
           "token_level": source.token_level,
-          "labels": labels, "sizes": {split: len(e) for split, e in by_split.items()}}
+          "labels": labels, "label_counts": label_counts,
+          "sizes": {split: len(e) for split, e in by_split.items()}}
