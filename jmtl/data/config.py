@@ -307,6 +307,8 @@ def parse_suite(config: Mapping) -> SuiteConfig:
       _check_source_keys(task, _TASK_KEYS, where)
   names = [_require(t, "name", w) for t, w in zip(tasks, task_where)]
   for i, task_name in enumerate(names):
+    if task_name == "tokenizer":  # a key of Suite.fingerprints
+      raise DataError(f"{task_where[i]}.name: 'tokenizer' is reserved; choose another name")
     if task_name in names[:i]:
       raise DataError(f"{task_where[i]}.name: duplicate task name {task_name!r}")
   if layout == "same_input":

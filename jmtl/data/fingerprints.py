@@ -23,6 +23,7 @@ from typing import Any
 
 from jmtl.data.config import SourceConfig
 from jmtl.data.errors import DataMismatchError
+from jmtl.data.packages import sha256_file
 
 TOKENIZER = "tokenizer"
 
@@ -31,24 +32,16 @@ def _digest(value: Any) -> str:
   return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as handle:
-    for block in iter(lambda: handle.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 def _files(paths: Iterable[Path]) -> list[tuple[str, str]]:
   """(name, sha256) of every file; inside a folder the name is relative to it
   (a folders source takes labels from those names), else just the file's name."""
   found = []
   for path in paths:
     if path.is_dir():
-      found += [(str(f.relative_to(path)), file_sha256(f))
+      found += [(str(f.relative_to(path)), sha256_file(f))
                 for f in sorted(path.rglob("*")) if f.is_file()]
     else:
-      found.append((path.name, file_sha256(path)))
+      found.append((path.name, sha256_file(path)))
   return found
 
 
@@ -94,7 +87,7 @@ def tokenizer_fingerprint(vocab: Mapping[str, int], *, lowercase: bool,
                           vocab_file: str | Path | None) -> str:
   """Digest of the vocabulary in id order, lowercasing, and the vocab file's content."""
   return _digest({"vocab": sorted(vocab, key=vocab.__getitem__), "lowercase": lowercase,
-                  "vocab_file_sha256": file_sha256(Path(vocab_file)) if vocab_file else None})
+                  "vocab_file_sha256": sha256_file(Path(vocab_file)) if vocab_file else None})
 
 
 def compare_fingerprints(saved: Mapping[str, str], current: Mapping[str, str], *,
