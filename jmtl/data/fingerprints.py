@@ -23,7 +23,7 @@ from typing import Any
 
 from jmtl.data.config import SourceConfig
 from jmtl.data.errors import DataMismatchError
-from jmtl.data.packages import sha256_file
+from jmtl.data.sources.packages import sha256_file
 
 TOKENIZER = "tokenizer"
 

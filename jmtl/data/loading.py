@@ -7,10 +7,12 @@ from pathlib import Path
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from jmtl.data import encode, extras, fingerprints, report, spec, store, suites, tokenize
+from jmtl.data import fingerprints, report, spec
 from jmtl.data.config import SPLITS, SuiteConfig, TaskConfig, parse_suite
 from jmtl.data.errors import DataError
-from jmtl.data.pipeline import Suite, _Source
+from jmtl.data.feed import encode, tokenize
+from jmtl.data.feed.pipeline import Suite, _Source
+from jmtl.data.sources import extras, store, suites
 from jmtl.tasks import TaskSpec
 
 SUITES = tuple(suites.STAGES) + tuple(extras.STAGES)
@@ -118,7 +120,7 @@ def _tokenized(parsed: SuiteConfig, manifest: Mapping[str, Any], data_dir: Path,
   if vocab_file is not None:
     tokenizer = tokenize.from_vocab_file(vocab_file, lowercase=lowercase)
   else:
-    tokenizer = store.tokenizer_for(suite_dir, parsed, manifest, vocab_size=vocab_size,
+    tokenizer = encode.tokenizer_for(suite_dir, parsed, manifest, vocab_size=vocab_size,
                                     lowercase=lowercase, log=log)
   wordpiece = tokenize.WordPiece(tokenizer, max_len)
   key = encode.cache_key(tokenizer.to_str(), max_len)

@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from jmtl.data import extras, suites
 from jmtl.data.config import parse_suite
 from jmtl.data.errors import DataError
+from jmtl.data.sources import extras, suites
 
 BUILTIN_TASKS: dict[str, tuple[str, ...]] = {**suites.TASKS, **extras.TASKS}
 

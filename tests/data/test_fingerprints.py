@@ -7,7 +7,7 @@ import pytest
 
 from data_helpers import CONLL_DEV, CONLL_TRAIN, vocab_file
 from jmtl import data
-from jmtl.data import store
+from jmtl.data.sources import store
 
 WORDS = ["eu", "rejects", "german", "call", "peter", "black", "##burn", "brussels"]
 

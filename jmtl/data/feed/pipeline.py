@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import grain
 import numpy as np
 
-from jmtl.data import batching, encode, samplers, store, suites, tokenize
-from jmtl.data.config import SPLITS, SourceConfig, SuiteConfig
+from jmtl.data.config import SPLITS, SourceConfig
 from jmtl.data.errors import DataError
+from jmtl.data.feed import batching, encode, samplers, tokenize
 from jmtl.tasks import TaskKind, TaskSpec
 
 Batch = dict[str, np.ndarray]

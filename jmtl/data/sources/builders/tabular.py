@@ -19,9 +19,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from jmtl.data.builders.reading import Example, text_lines
 from jmtl.data.config import SourceConfig, TaskConfig
 from jmtl.data.errors import at
+from jmtl.data.sources.builders.reading import Example, text_lines
 
 
 def _label(path, line: int, task: TaskConfig, value: Any) -> Any:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jmtl.data.builders.reading import Example, text_lines
 from jmtl.data.config import SourceConfig
 from jmtl.data.errors import at
+from jmtl.data.sources.builders.reading import Example, text_lines
 
 
 def read(path: Path, source: SourceConfig) -> list[Example]:

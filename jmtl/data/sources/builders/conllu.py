@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jmtl.data.builders.reading import Example, text_lines
 from jmtl.data.config import SourceConfig, TaskConfig
 from jmtl.data.errors import at
+from jmtl.data.sources.builders.reading import Example, text_lines
 
 _COLUMN = {"lemma": 2, "upos": 3, "xpos": 4, "feats": 5, "deprel": 7}
 

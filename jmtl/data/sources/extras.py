@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from jmtl.data.errors import DataError, SourceUnavailable
-from jmtl.data.packages import sha256_file, tree_digest
+from jmtl.data.sources.packages import sha256_file, tree_digest
 
 Log = Callable[[str], None]
 VERSIONS = {"pattern_en": "pattern_en-1", "brown": "brown-1"}

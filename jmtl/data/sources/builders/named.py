@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from jmtl.data.builders.common import quiet_tfds
 from jmtl.data.config import SPLITS, SourceConfig
 from jmtl.data.errors import DataError
+from jmtl.data.sources.builders.common import quiet_tfds
 
 
 def _builder(source: SourceConfig):

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jmtl.data.builders.reading import Example, decoded
 from jmtl.data.config import SourceConfig
 from jmtl.data.errors import at
+from jmtl.data.sources.builders.reading import Example, decoded
 
 
 def read(path: Path, source: SourceConfig) -> list[Example]:

@@ -2,7 +2,7 @@
 
 A tokenizer is either trained on a suite's training text or read from a BERT
 ``vocab.txt`` (so a pretrained vocabulary drops in). Training is deterministic
-(``jmtl.data.vocab`` counts and merges itself, breaking ties by the tokens), and
+(``jmtl.data.feed.vocab`` counts and merges itself, breaking ties by the tokens), and
 the learned vocabulary is numbered in a canonical order (special tokens first,
 then sorted), so the same texts give the same ids in every process.
 
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
-from jmtl.data.vocab import count_words, learn
 from jmtl.data.errors import DataError
+from jmtl.data.feed.vocab import count_words, learn
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)

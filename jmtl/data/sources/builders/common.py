@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from jmtl.data import report
-from jmtl.data.builders import conll, conllu, folders, tabular
-from jmtl.data.builders.reading import Example
 from jmtl.data.config import SPLITS, SourceConfig, TaskConfig
 from jmtl.data.errors import DataError, at
+from jmtl.data.sources.builders import conll, conllu, folders, tabular
+from jmtl.data.sources.builders.reading import Example
 
 UNK_LABEL = "<unk>"
 VERSION = "1.0.0"
