@@ -73,7 +73,10 @@ def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
   leaf = parts[-1]
   value = _parse_value(text)
   if key in PER_TASK_KEYS:
-    node[leaf] = per_task_int(key, value)
+    try:
+      node[leaf] = per_task_int(key, value)
+    except TypeError as e:  # a config not built on base_config() holds a plain int field
+      raise ConfigError(f"config key {key!r}: {e}") from None
     return
   if leaf not in node:
     if node.is_locked:
