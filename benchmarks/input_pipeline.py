@@ -50,7 +50,7 @@ def tokenise_rate(suite_name: str, data_dir, max_len: int, limit: int) -> dict[s
   manifest = store.read_manifest(data_dir / suite_name)
   parsed = parse_suite(manifest["config"])
   suite_dir = data_dir / suite_name
-  tokenizer = store.tokenizer_for(suite_dir, parsed, manifest, vocab_size=8000, lowercase=True)
+  tokenizer = encode.tokenizer_for(suite_dir, parsed, manifest, vocab_size=8000, lowercase=True)
   wordpiece = tokenize.WordPiece(tokenizer, max_len)
   rates, total, seconds = {}, 0, 0.0
   for source, entry in zip(parsed.sources, manifest["sources"]):

@@ -12,7 +12,7 @@ import ast
 import importlib.util
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
@@ -23,6 +23,8 @@ class ConfigError(ValueError):
 
 
 OPEN_SECTIONS = ("balancer",)
+# Keys that hold a positive int or a {task: positive int} mapping.
+PER_TASK_KEYS = ("data.batch_size",)
 
 
 def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
@@ -70,6 +72,12 @@ def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
     node = node[part]
   leaf = parts[-1]
   value = _parse_value(text)
+  if key in PER_TASK_KEYS:
+    try:
+      node[leaf] = per_task_int(key, value)
+    except TypeError as e:  # a config not built on base_config() holds a plain int field
+      raise ConfigError(f"config key {key!r}: {e}") from None
+    return
   if leaf not in node:
     if node.is_locked:
       raise ConfigError(_unknown(key, ".".join(path), node))
@@ -91,6 +99,40 @@ def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
     node[leaf] = value
   except (TypeError, KeyError, AttributeError) as e:
     raise ConfigError(f"config key {key!r}: {e}") from None
+
+
+def per_task_int(key: str, value: Any, task_names: Sequence[str] | None = None
+                 ) -> int | dict[str, int]:
+  """``value`` checked as a positive int or a ``{task: positive int}`` mapping whose
+  tasks are among ``task_names`` (when given); a ConfigError names ``key``."""
+  positive = lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0
+  if positive(value):
+    return value
+  if not isinstance(value, Mapping) or not value:
+    raise ConfigError(f"config key {key!r} expects a positive int or a {{task: int}} mapping, "
+                      f"got {value!r}")
+  bad = {k: v for k, v in value.items() if not isinstance(k, str) or not positive(v)}
+  if bad:
+    raise ConfigError(f"config key {key!r}: expected task name -> positive int, got {bad}")
+  if task_names is not None:
+    unknown = sorted(set(value) - set(task_names))
+    if unknown:
+      raise ConfigError(f"config key {key!r} names {unknown}, not tasks of the suite "
+                        f"({', '.join(task_names)})")
+  return dict(value)
+
+
+def batch_size_of(config: ml_collections.ConfigDict, task_names: Sequence[str] | None = None
+                  ) -> int | dict[str, int]:
+  """``data.batch_size`` checked (see ``per_task_int``); ``task_names`` are the tasks
+  it may name (``jmtl.data.validate_suite_spec`` gives them before any build). A
+  mapping needs ``data.sampler='all'`` (a mixture batch has one size)."""
+  value = per_task_int("data.batch_size", config.data.batch_size, task_names)
+  if isinstance(value, dict) and config.data.sampler != "all":
+    raise ConfigError(f"config key 'data.batch_size': a per-task mapping needs "
+                      f"data.sampler='all'; sampler {config.data.sampler!r} draws one mixture "
+                      "batch of a single size")
+  return value
 
 
 def _unknown(key: str, section: str, node: ml_collections.ConfigDict) -> str:
@@ -125,7 +167,8 @@ def base_config() -> ml_collections.ConfigDict:
       vocab_file="",  # a WordPiece vocab.txt (e.g. a pretrained BERT's) instead of training one
       lowercase=True,
       sampler="all",  # all | uniform | proportional | temperature | annealed
-      batch_size=16,  # per task with sampler="all"; rows per mixture batch otherwise
+      # Per task with sampler="all" (an int, or {task: int}); rows per mixture batch otherwise.
+      batch_size=ml_collections.FieldReference(16, field_type=object),
       temperature=2.0,
       size_cap=0,  # 0 = none
       anneal=(1.0, 5.0, 1000),  # (T0, T1, steps) for sampler="annealed"

@@ -11,7 +11,7 @@ import pytest
 
 from data_helpers import CONLL_TRAIN, vocab_file
 from jmtl import data
-from jmtl.data import packages, store
+from jmtl.data.sources import packages, store
 
 
 def conll_suite(train, dev=None, **task):

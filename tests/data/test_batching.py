@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jmtl.data import batching
+from jmtl.data.feed import batching
 from jmtl.tasks import TaskSpec
 
 TAG = TaskSpec("pos", "tagging", 4)

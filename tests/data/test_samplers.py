@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from jmtl import data
-from jmtl.data import samplers
+from jmtl.data.feed import samplers
 
 SIZES = [100, 1000, 10000]
 

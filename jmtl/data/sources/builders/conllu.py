@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jmtl.data.builders.common import Example
 from jmtl.data.config import SourceConfig, TaskConfig
 from jmtl.data.errors import at
+from jmtl.data.sources.builders.reading import Example, text_lines
 
 _COLUMN = {"lemma": 2, "upos": 3, "xpos": 4, "feats": 5, "deprel": 7}
 
@@ -45,7 +45,7 @@ def read(path: Path, source: SourceConfig) -> list[Example]:
   current: Example | None = None
   comments: dict[str, str] = {}
   start = None
-  with open(path, encoding=source.option("encoding")) as lines:
+  with text_lines(path, source) as lines:
     for number, line in enumerate(lines, start=1):
       line = line.rstrip("\r\n")
       if not line.strip():

@@ -11,16 +11,16 @@ import dataclasses
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from jmtl.data import tokenize
-from jmtl.data.builders import named
-from jmtl.data.builders.common import quiet_tfds
-from jmtl.data.config import SourceConfig
+from jmtl.data.config import SourceConfig, SuiteConfig
+from jmtl.data.feed import tokenize
+from jmtl.data.sources.builders import named
+from jmtl.data.sources.builders.common import quiet_tfds
 
 
 @dataclasses.dataclass
@@ -122,6 +122,27 @@ def training_texts(records: list[dict[str, Any]]):
       yield record["text"]
       if record.get("text_pair"):
         yield record["text_pair"]
+
+
+def tokenizer_path(suite_dir: Path, vocab_size: int, lowercase: bool) -> Path:
+  case = "uncased" if lowercase else "cased"
+  return suite_dir / f"tokenizer-wordpiece-{vocab_size}-{case}.json"
+
+
+def tokenizer_for(suite_dir: Path, suite: SuiteConfig, manifest: Mapping[str, Any], *,
+                  vocab_size: int, lowercase: bool, log: Callable[[str], None] = print):
+  """The suite's trained tokenizer for these settings, training it on first use."""
+  path = tokenizer_path(suite_dir, vocab_size, lowercase)
+  if path.exists():
+    return tokenize.load(path)
+  log(f"{suite.name}: training a WordPiece vocabulary of {vocab_size} on the train split")
+  records = []
+  for source, entry in zip(suite.sources, manifest["sources"]):
+    records.extend(read_split(suite_dir, source, entry, "train"))
+  tokenizer = tokenize.train(training_texts(records), vocab_size=vocab_size,
+                             lowercase=lowercase)
+  tokenize.save(tokenizer, path)
+  return tokenizer
 
 
 def encode_records(records: list[dict[str, Any]], source: SourceConfig,
