@@ -22,7 +22,7 @@ from jmtl import balancers, data, metrics as metrics_lib
 from jmtl.config import ConfigError, balancer_hparams, to_json
 from jmtl.models import EncoderConfig, MultiTaskModel
 from jmtl.train import checkpoint as ckpt_lib
-from jmtl.train import optim
+from jmtl.train import optim, transfer
 from jmtl.train.evaluate import evaluate, make_eval_fn, selection_score
 from jmtl.train.logging import MetricLogger
 from jmtl.train.parallel import make_train_step
@@ -195,9 +195,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   checkpoints = ckpt_lib.Checkpoints(workdir, keep=t.keep_checkpoints, best_mode=best_mode,
                                      best_metric="best" if t.keep_best else None)
   restored = checkpoints.restore(abstract_state, config_dict, warn=say)
+  origin = None
   if restored is None:
     state = jax.jit(experiment.create_state)()
     start = 0
+    if config.init_from:  # a fresh start only: a resumed run already holds these weights
+      state, origin = transfer.init_from(config, state, experiment.optimizer)
+      transfer.write_origin(workdir, origin)
+      say(transfer.describe(origin))
   else:
     start, state, data_state = restored
     iterator.set_state(data_state)
@@ -205,6 +210,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   state = step_fn.place_state(state)
   eval_fn = make_eval_fn(model)
   logger = MetricLogger(workdir, tensorboard=t.tensorboard, warn=say)
+  if origin is not None:
+    logger.write({"step": 0, "split": "init_from", **origin})
   config_json = to_json(config)
   names = model.names
 
