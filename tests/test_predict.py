@@ -104,6 +104,12 @@ def test_text_input_keeps_character_offsets_of_entities(predictor):
   assert set(record["tasks"]) == {"ner", "topic"}  # the MLM task is not predicted
   for span in record["tasks"]["ner"]["spans"]:
     assert text[span["char_start"]:span["char_end"]] == span["text"]
+  # Splitting into words first gives the ids training gave the whole text.
+  texts = [text, "Red, BLUE; cats!", "dogmat  big\tsmall"]
+  words = [[w for w, _ in predictor.pre_tokenizer.pre_tokenize_str(t)] for t in texts]
+  for as_text, as_words in zip(predictor.wordpiece.encode_texts(texts),
+                               predictor.wordpiece.encode_words(words)):
+    np.testing.assert_array_equal(as_text.ids, as_words.ids)
 
 
 def test_long_input_is_truncated_counted_and_reported(predictor):

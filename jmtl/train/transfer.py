@@ -22,6 +22,7 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from jmtl.config import ConfigError, base_config
 from jmtl.train.checkpoint import CheckpointError
@@ -73,7 +74,9 @@ def read_checkpoint(workdir: str, step: int | None = None, best: bool = False) -
     with open(os.path.join(path, "config", "metadata")) as f:
       config = json.load(f)
     state_path = os.path.join(path, "state")
-    metadata = ocp.StandardCheckpointer().metadata(state_path).item_metadata.tree
+    # The handler's own metadata read: the Checkpointer's also looks for a step-level
+    # metadata file these items lack, and logs a warning for it.
+    metadata = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state_path)).tree
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                           metadata["params"])
