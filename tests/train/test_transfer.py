@@ -171,3 +171,17 @@ def test_fine_tune_with_frozen_embeddings_resumes_and_keeps_them(suite_path, sou
       np.testing.assert_array_equal(value, start[name], err_msg=name)
     elif name.endswith("kernel"):
       assert not np.array_equal(value, start.get(name)), name
+
+
+def test_cli_init_from_a_missing_step_is_one_error(suite_path, source, tmp_path, capsys):
+  from jmtl import cli
+  from test_cli import TINY_OVERRIDES
+  path, data_dir = suite_path
+  config = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "default.py")
+  code = cli.main(["train", "--config", config, "--workdir", str(tmp_path / "run"),
+                   f"--config.data.suite={path}", f"--config.data.data_dir={data_dir}",
+                   *TINY_OVERRIDES, f"--config.init_from={source}:7"])
+  err = capsys.readouterr().err
+  assert code == cli.EXIT_ERROR and err.count("jmtl: error:") == 1
+  assert "no checkpoint at step 7" in err and "Traceback" not in err
+  assert not os.listdir(tmp_path / "run" / "checkpoints")
