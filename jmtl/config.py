@@ -134,8 +134,7 @@ def base_config() -> ml_collections.ConfigDict:
   ))
   c.model = ml_collections.ConfigDict(dict(
       width=128, depth=2, num_heads=4, mlp_width=512, pooled_width=128, head_hidden=64,
-      dropout=0.1, attention_dropout=0.1,
-      remat=False))  # recompute each block's activations in the backward pass: less memory
+      dropout=0.1, attention_dropout=0.1))
   c.balancer = ml_collections.ConfigDict(dict(name="equal_weight"))
   c.optimizer = ml_collections.ConfigDict(dict(
       name="adamw", learning_rate=1e-3, b1=0.9, b2=0.999, weight_decay=0.01, momentum=0.0,
@@ -159,5 +158,8 @@ def base_config() -> ml_collections.ConfigDict:
       log_cosines=True,
       progress=True,
       tensorboard=False,
+      # Recompute each encoder block's activations in the backward pass (nn.remat): less
+      # memory, more time, same parameters; so not a model key, and a resume may toggle it.
+      remat=False,
   ))
   return c

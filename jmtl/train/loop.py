@@ -87,7 +87,7 @@ def build_model(config: ml_collections.ConfigDict, suite, tasks) -> MultiTaskMod
                           num_heads=m.num_heads, mlp_width=m.mlp_width,
                           max_length=max(suite.buckets), dropout=m.dropout,
                           attention_dropout=m.attention_dropout, pooled_width=m.pooled_width,
-                          remat=m.remat)
+                          remat=config.train.remat)
   return MultiTaskModel(encoder, tasks, head_hidden=m.head_hidden)
 
 
