@@ -166,7 +166,7 @@ def scale_by_path(config: ml_collections.ConfigDict) -> optax.GradientTransforma
   weight decay optax also multiplies by the learning rate).
   """
   def init(params):
-    del params
+    learning_rate_scales(params, config)  # a config that cannot apply fails here, not mid-step
     return ScaleByPathState()
 
   def update(updates, state, params=None):

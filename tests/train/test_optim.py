@@ -121,6 +121,7 @@ def test_plain_optimizer_keeps_the_existing_state_layout():
     (dict(freeze=("block_[",)), r"optimizer.freeze: 'block_\[' is not a regular expression"),
     (dict(layer_decay=1.5), r"optimizer.layer_decay 1.5: must be in \(0, 1\]"),
     (dict(head_learning_rate=-1.0), "optimizer.head_learning_rate -1.0: must be >= 0"),
+    (dict(freeze_layers=-1), "optimizer.freeze_layers -1: must be >= 0"),
 ])
 def test_bad_controls_name_the_key(overrides, message):
   config = _config(**overrides)
@@ -128,6 +129,14 @@ def test_bad_controls_name_the_key(overrides, message):
   params = model.init(jax.random.PRNGKey(0), make_batch(TASKS3))
   with pytest.raises(ConfigError, match=message):
     build_optimizer(config, 10).init(params)
+
+
+def test_layer_decay_needs_layer_indices_in_the_paths():
+  params = {"encoder": {"dense": {"kernel": np.ones((2, 2), np.float32)}},
+            "heads": {"t": {"kernel": np.ones(2, np.float32)}}}
+  with pytest.raises(ConfigError, match="optimizer.layer_decay: the encoder has no parameter "
+                                        "with a layer index"):
+    build_optimizer(_config(layer_decay=0.9), 10).init(params)
 
 
 def test_remat_changes_memory_not_results():
