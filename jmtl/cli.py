@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import runpy
 import sys
@@ -97,8 +98,10 @@ def _predict(args) -> None:
   from jmtl import predict
   fmt = predict.input_format(args.input, args.format)  # before loading anything
   inputs = predict.read_inputs(args.input, fmt)
-  predictor = predict.Predictor.from_workdir(args.workdir, step=args.checkpoint, best=args.best,
-                                             batch_size=args.batch_size)
+  # Loading the suite logs to stdout; with --output - stdout carries only the JSON lines.
+  with contextlib.redirect_stdout(sys.stderr):
+    predictor = predict.Predictor.from_workdir(args.workdir, step=args.checkpoint,
+                                               best=args.best, batch_size=args.batch_size)
   predictions = predictor.predict(inputs, args.tasks, progress=not args.no_progress,
                                   warn_truncated=False)
   predict.write_jsonl(predictions, args.output)
