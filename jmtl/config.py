@@ -115,7 +115,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.grad_mode = "exact"  # "exact": per-task gradients of the encoder; "rep": w.r.t. its outputs
   c.single_task = False  # train each task alone and write baselines.json (for Δm)
   c.baselines = ""  # baselines.json of a single-task run: adds Δm% to evaluations
-  c.init_from = ""  # WORKDIR[:STEP]: start from another run's encoder and matching heads
+  c.init_from = ""  # WORKDIR[:STEP or :best]: start from that run's encoder and matching heads
   c.data = ml_collections.ConfigDict(dict(
       suite="en_mix",
       data_dir="",  # default: $JMTL_DATA_DIR or ~/.cache/jmtl/data
