@@ -8,6 +8,7 @@ from jmtl.gradients import task_losses
 from jmtl.gradients import weighted_loss_grads
 from jmtl.models import EncoderConfig
 from jmtl.models import MultiTaskModel
+from jmtl.predict import Predictor
 from jmtl.tasks import TaskKind
 from jmtl.tasks import TaskSpec
 from jmtl.train.parallel import make_train_step

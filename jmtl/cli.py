@@ -2,6 +2,7 @@
 
   jmtl train --config configs/default.py --workdir runs/default [--config.KEY=VALUE ...]
   jmtl eval  --config configs/default.py --workdir runs/default [--checkpoint STEP | --best]
+  jmtl predict --workdir runs/default [--checkpoint STEP | --best] --input FILE --output FILE
   jmtl data prepare SUITE [--data_dir DIR] [--force] [--min_label_count N] [tokenizer options]
   jmtl data inspect SUITE [--split S] [--examples N] [--task T ...] [tokenizer options]
   jmtl bench NAME [ARGS ...]          (runs benchmarks/NAME.py from the repository)
@@ -11,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import runpy
 import sys
@@ -33,6 +35,22 @@ def _parser() -> argparse.ArgumentParser:
       which.add_argument("--checkpoint", type=int, help="step to evaluate (default: newest)")
       which.add_argument("--best", action="store_true", help="the best checkpoint")
       p.add_argument("--split", default="validation", choices=("validation", "test", "train"))
+  predict = commands.add_parser(
+      "predict", help="label new text with a trained model",
+      epilog="Input by extension: .txt (one text per line), .jsonl ('text', 'text' + "
+             "'text_pair', or 'tokens'), .conll (one token per line, blank line between "
+             "sentences). Output: one JSON line per input.")
+  predict.add_argument("--workdir", required=True, help="the trained run's folder")
+  which = predict.add_mutually_exclusive_group()
+  which.add_argument("--checkpoint", type=int, help="step to use (default: newest)")
+  which.add_argument("--best", action="store_true", help="the best checkpoint")
+  predict.add_argument("--input", required=True, help="file of texts or tokens")
+  predict.add_argument("--format", choices=("text", "jsonl", "conll"),
+                       help="input format (default: from the extension)")
+  predict.add_argument("--tasks", nargs="+", help="tasks to predict (default: all)")
+  predict.add_argument("--output", required=True, help="JSON lines file ('-' = stdout)")
+  predict.add_argument("--batch_size", type=int, help="default: the run's eval batch size")
+  predict.add_argument("--no_progress", action="store_true", help="no progress bar")
   data = commands.add_parser("data", help="prepare and look at datasets").add_subparsers(
       dest="data_command", required=True)
   prepare = data.add_parser("prepare", help="download and build a suite; report its labels")
@@ -106,6 +124,23 @@ def _bench(name: str, args: list[str]) -> None:
   runpy.run_path(path, run_name="__main__")
 
 
+def _predict(args) -> None:
+  from jmtl import predict
+  fmt = predict.input_format(args.input, args.format)  # before loading anything
+  inputs = predict.read_inputs(args.input, fmt)
+  # Loading the suite logs to stdout; with --output - stdout carries only the JSON lines.
+  with contextlib.redirect_stdout(sys.stderr):
+    predictor = predict.Predictor.from_workdir(args.workdir, step=args.checkpoint,
+                                               best=args.best, batch_size=args.batch_size)
+  predictions = predictor.predict(inputs, args.tasks, progress=not args.no_progress,
+                                  warn_truncated=False)
+  predict.write_jsonl(predictions, args.output)
+  source = predictor.source
+  print(f"jmtl predict: {predictions.summary()}; model {source['workdir']} step "
+        f"{source['step']}{' (best)' if source['best'] else ''}; wrote {args.output}",
+        file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   rest, overrides = _split_overrides(argv)
@@ -123,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command in ("sweep", "plot"):
       from jmtl.sweep import command as sweep_command
       return sweep_command.run(args, overrides)
+    elif args.command == "predict":
+      _predict(args)
     else:
       config = load_config(args.config, overrides)
       from jmtl.train import loop

@@ -157,6 +157,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.grad_mode = "exact"  # "exact": per-task gradients of the encoder; "rep": w.r.t. its outputs
   c.single_task = False  # train each task alone and write baselines.json (for Δm)
   c.baselines = ""  # baselines.json of a single-task run: adds Δm% to evaluations
+  c.init_from = ""  # WORKDIR[:STEP or :best]: start from that run's encoder and matching heads
   c.data = ml_collections.ConfigDict(dict(
       suite="en_mix",
       data_dir="",  # default: $JMTL_DATA_DIR or ~/.cache/jmtl/data
@@ -180,7 +181,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.balancer = ml_collections.ConfigDict(dict(name="equal_weight"))
   c.optimizer = ml_collections.ConfigDict(dict(
       name="adamw", learning_rate=1e-3, b1=0.9, b2=0.999, weight_decay=0.01, momentum=0.0,
-      schedule="warmup_cosine", warmup_steps=100, final_lr_fraction=0.1, clip_norm=1.0))
+      schedule="warmup_cosine", warmup_steps=100, final_lr_fraction=0.1, clip_norm=1.0,
+      # Fine-tuning controls by parameter path (see jmtl.train.optim):
+      freeze=(),  # regexes searched in "encoder/block_0/mlp_in/kernel"-style paths
+      freeze_layers=0,  # also freeze encoder layers 0..k-1
+      layer_decay=1.0,  # layer-wise learning-rate decay (1 = none)
+      head_learning_rate=0.0))  # 0 = the base learning rate
   c.train = ml_collections.ConfigDict(dict(
       steps=1000,
       log_every=50,
@@ -195,5 +201,8 @@ def base_config() -> ml_collections.ConfigDict:
       log_cosines=True,
       progress=True,
       tensorboard=False,
+      # Recompute each encoder block's activations in the backward pass (nn.remat): less
+      # memory, more time, same parameters; so not a model key, and a resume may toggle it.
+      remat=False,
   ))
   return c

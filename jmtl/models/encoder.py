@@ -22,6 +22,7 @@ class EncoderConfig:
   dropout: float = 0.1
   attention_dropout: float = 0.1
   pooled_width: int = 128
+  remat: bool = False  # recompute block activations in the backward pass (less memory)
 
   def __post_init__(self):
     if self.width % self.num_heads:
@@ -85,8 +86,10 @@ class Encoder(nn.Module):
     x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
     mask = attention_mask.astype(bool)
     attention_bias = nn.make_attention_mask(mask, mask)
+    # `deterministic` (argument 3, counting self) is a Python bool: static under remat.
+    block = nn.remat(EncoderBlock, static_argnums=(3,)) if cfg.remat else EncoderBlock
     for i in range(cfg.depth):
-      x = EncoderBlock(cfg, name=f"block_{i}")(x, attention_bias, deterministic)
+      x = block(cfg, name=f"block_{i}")(x, attention_bias, deterministic)
     tokens = nn.LayerNorm(name="final_norm")(x)
     weights = mask.astype(tokens.dtype)[..., None]
     mean = jnp.sum(tokens * weights, axis=-2) / jnp.maximum(jnp.sum(weights, axis=-2), 1.0)

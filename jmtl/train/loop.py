@@ -22,6 +22,7 @@ from jmtl import balancers, data, metrics as metrics_lib
 from jmtl.config import ConfigError, balancer_hparams, to_json
 from jmtl.models import EncoderConfig, MultiTaskModel
 from jmtl.train import checkpoint as ckpt_lib
+from jmtl.train import optim, transfer
 from jmtl.train.evaluate import evaluate, make_eval_fn, selection_score
 from jmtl.train.logging import MetricLogger
 from jmtl.train.parallel import make_train_step
@@ -39,30 +40,7 @@ def check_workdir(workdir: str) -> None:
 
 
 def build_optimizer(config: ml_collections.ConfigDict, total_steps: int):
-  opt = config.optimizer
-  if opt.schedule == "constant":
-    lr = optax.constant_schedule(opt.learning_rate)
-  elif opt.schedule == "warmup_cosine":
-    lr = optax.warmup_cosine_decay_schedule(
-        0.0, opt.learning_rate, max(1, min(opt.warmup_steps, total_steps - 1)), total_steps,
-        end_value=opt.learning_rate * opt.final_lr_fraction)
-  elif opt.schedule == "warmup_linear":
-    lr = optax.join_schedules([
-        optax.linear_schedule(0.0, opt.learning_rate, max(1, opt.warmup_steps)),
-        optax.linear_schedule(opt.learning_rate, opt.learning_rate * opt.final_lr_fraction,
-                              max(1, total_steps - opt.warmup_steps))], [opt.warmup_steps])
-  else:
-    raise ConfigError(f"optimizer.schedule {opt.schedule!r}: use constant, warmup_cosine or "
-                      "warmup_linear")
-  if opt.name == "adamw":
-    base = optax.adamw(lr, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay)
-  elif opt.name == "adam":
-    base = optax.adam(lr, b1=opt.b1, b2=opt.b2)
-  elif opt.name == "sgd":
-    base = optax.sgd(lr, momentum=opt.momentum or None)
-  else:
-    raise ConfigError(f"optimizer.name {opt.name!r}: use adamw, adam or sgd")
-  return optax.chain(optax.clip_by_global_norm(opt.clip_norm), base) if opt.clip_norm else base
+  return optim.build_optimizer(config, total_steps)
 
 
 def _read_json(path: str, what: str, hint: str = ""):
@@ -108,7 +86,8 @@ def build_model(config: ml_collections.ConfigDict, suite, tasks) -> MultiTaskMod
   encoder = EncoderConfig(vocab_size=suite.vocab_size, width=m.width, depth=m.depth,
                           num_heads=m.num_heads, mlp_width=m.mlp_width,
                           max_length=max(suite.buckets), dropout=m.dropout,
-                          attention_dropout=m.attention_dropout, pooled_width=m.pooled_width)
+                          attention_dropout=m.attention_dropout, pooled_width=m.pooled_width,
+                          remat=config.train.remat)
   return MultiTaskModel(encoder, tasks, head_hidden=m.head_hidden)
 
 
@@ -216,9 +195,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   checkpoints = ckpt_lib.Checkpoints(workdir, keep=t.keep_checkpoints, best_mode=best_mode,
                                      best_metric="best" if t.keep_best else None)
   restored = checkpoints.restore(abstract_state, config_dict, warn=say)
+  origin = None
   if restored is None:
     state = jax.jit(experiment.create_state)()
     start = 0
+    if config.init_from:  # a fresh start only: a resumed run already holds these weights
+      state, origin = transfer.init_from(config, state, experiment.optimizer)
+      transfer.write_origin(workdir, origin)
+      say(transfer.describe(origin))
   else:
     start, state, data_state = restored
     iterator.set_state(data_state)
@@ -226,6 +210,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   state = step_fn.place_state(state)
   eval_fn = make_eval_fn(model)
   logger = MetricLogger(workdir, tensorboard=t.tensorboard, warn=say)
+  if origin is not None:
+    logger.write({"step": 0, "split": "init_from", **origin})
   config_json = to_json(config)
   names = model.names
 

@@ -1,0 +1,308 @@
+"""Running a trained model on new text: ``Predictor`` and the input files of ``jmtl predict``.
+
+A workdir holds everything a prediction needs: the checkpoint's parameters and the config the
+run was trained with, which names the suite whose tokenizer and label names it used. So
+``Predictor.from_workdir(DIR).predict(["some text", ...])`` reproduces the run's own
+tokenization and answers with label names, not ids:
+
+* classification: ``{"label": name, "probabilities": {name: p, ...}}``
+* regression: ``{"value": x}``
+* tagging: ``{"tags": [one per input word], "scores": [...]}``, each word's tag read from
+  its first sub-word (as training aligned them), plus ``"spans"`` (BIO entities) for tasks
+  scored by span F1.
+
+Raw text is split into words by the tokenizer's own pre-tokenizer (whitespace and
+punctuation), so tags align with words the user can see; CoNLL input keeps the given words.
+An input longer than the model's maximum is truncated: the record says ``"truncated": true``,
+words past the limit get tag ``null``, and ``Predictions.summary()`` counts them (the CLI
+prints it; ``predict`` warns).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from jmtl.config import ConfigError
+from jmtl.metrics import bio_entities
+from jmtl.tasks import TaskKind, TaskSpec
+
+PREDICTABLE = (TaskKind.CLASSIFICATION, TaskKind.REGRESSION, TaskKind.TAGGING)
+FORMATS = {".txt": "text", ".jsonl": "jsonl", ".conll": "conll", ".conllu": "conll",
+           ".bio": "conll", ".iob": "conll"}
+
+
+@dataclasses.dataclass
+class Example:
+  """One input: words with their character offsets (text), given words (CoNLL), or a pair."""
+  text: str | None = None
+  words: list[str] | None = None
+  offsets: list[tuple[int, int]] | None = None
+  pair: str | None = None
+
+
+class Predictions(list):
+  """One dict per input, in input order; ``truncated`` lists the inputs that were cut."""
+
+  def __init__(self, records: Iterable[dict], max_len: int):
+    super().__init__(records)
+    self.max_len = max_len
+    self.truncated = [i for i, r in enumerate(self) if r["truncated"]]
+
+  def summary(self) -> str:
+    text = f"{len(self)} inputs"
+    if self.truncated:
+      shown = ", ".join(str(i + 1) for i in self.truncated[:20])
+      more = f" and {len(self.truncated) - 20} more" if len(self.truncated) > 20 else ""
+      text += (f"; {len(self.truncated)} were longer than the model's maximum of "
+               f"{self.max_len} tokens and were truncated (inputs {shown}{more}); "
+               "their words past the limit have no tag")
+    return text
+
+
+class Predictor:
+  """A trained model, its tokenizer and its tasks, ready to label new text."""
+
+  def __init__(self, model, params, tokenizer, tasks: Sequence[TaskSpec], *, max_len: int,
+               buckets: Sequence[int], batch_size: int = 64, source: dict | None = None):
+    from jmtl.data import tokenize  # data pulls in TFDS: only when a Predictor is made
+    self.model = model
+    self.params = params
+    self.tasks = {t.name: t for t in tasks}
+    self.wordpiece = tokenize.WordPiece(tokenizer, max_len)
+    self.pre_tokenizer = tokenizer.pre_tokenizer
+    self.buckets = tuple(buckets)
+    self.batch_size = batch_size
+    self.source = source or {}
+    self._forward = jax.jit(self._outputs, static_argnames="names")
+
+  @classmethod
+  def from_workdir(cls, workdir: str, step: int | None = None, best: bool = False, *,
+                   batch_size: int | None = None) -> Predictor:
+    """The model of ``workdir``'s newest (or ``step``'s, or best) checkpoint, with the
+    tokenizer and label names of the suite it was trained on."""
+    # Checkpoints (Orbax) and data (TFDS) load only when a model is: `import jmtl` stays light.
+    from jmtl.train import loop, transfer
+    from jmtl.train.checkpoint import CheckpointError
+    saved = transfer.read_checkpoint(workdir, step, best)
+    config = transfer.saved_config(saved.config)
+    suite, tasks = loop.load_suite(config)
+    model = loop.build_model(config, suite, tasks)
+    dummy = {"input_ids": np.zeros((1, suite.max_len), np.int32),
+             "attention_mask": np.ones((1, suite.max_len), np.int32),
+             "token_type_ids": np.zeros((1, suite.max_len), np.int32)}
+    expected = jax.eval_shape(model.init, jax.random.PRNGKey(0), dummy)
+    mismatched = transfer.shape_mismatches(saved.params, expected)
+    if mismatched:
+      raise CheckpointError(
+          f"the checkpoint in {saved.workdir} (step {saved.step}) does not fit the model its "
+          "saved config builds:\n  " + "\n  ".join(mismatched[:20]))
+    return cls(model, saved.params, suite.tokenizer, tasks, max_len=suite.max_len,
+               buckets=suite.buckets, batch_size=batch_size or config.data.eval_batch_size,
+               source={"workdir": saved.workdir, "step": saved.step, "best": saved.best})
+
+  def _outputs(self, params, batch, names):
+    features = self.model.encode(params["encoder"], batch)
+    return {name: self.model.head(self.tasks[name], params["heads"][name], features)
+            for name in names}
+
+  def select_tasks(self, tasks: Sequence[str] | None, pairs: bool) -> tuple[str, ...]:
+    if not tasks:
+      return tuple(n for n, t in self.tasks.items()
+                   if t.kind in PREDICTABLE and not (pairs and t.token_level))
+    unknown = [n for n in tasks if n not in self.tasks]
+    if unknown:
+      raise ConfigError(f"tasks {unknown}: not tasks of this model; its tasks: "
+                        f"{', '.join(self.tasks)}")
+    for name in tasks:
+      spec = self.tasks[name]
+      if spec.kind not in PREDICTABLE:
+        raise ConfigError(f"task {name!r}: predicting a {spec.kind} task is not supported "
+                          f"(only {', '.join(PREDICTABLE)})")
+      if pairs and spec.token_level:
+        raise ConfigError(f"task {name!r} tags words, but the input holds text pairs")
+    return tuple(tasks)
+
+  def _example(self, item) -> Example:
+    if isinstance(item, str):
+      split = self.pre_tokenizer.pre_tokenize_str(item)
+      return Example(text=item, words=[w for w, _ in split], offsets=[o for _, o in split])
+    if isinstance(item, Example):
+      return item
+    if isinstance(item, tuple) and len(item) == 2 and all(isinstance(x, str) for x in item):
+      return Example(text=item[0], pair=item[1])
+    if isinstance(item, (list, tuple)) and all(isinstance(w, str) for w in item):
+      return Example(words=list(item))
+    raise TypeError(f"cannot predict on {type(item).__name__} {str(item)[:80]!r}: pass a "
+                    "text, a list of words, or a (text, text_pair) tuple")
+
+  def predict(self, inputs: Iterable[Any], tasks: Sequence[str] | None = None, *,
+              progress: bool = False, warn_truncated: bool = True) -> Predictions:
+    """Labels each input: a text (str), a list of words, or a ``(text, text_pair)`` tuple."""
+    from tqdm import tqdm
+    examples = [self._example(item) for item in inputs]
+    pairs = any(e.pair is not None for e in examples)
+    if pairs and not all(e.pair is not None for e in examples):
+      raise ConfigError("inputs mix text pairs and single texts: predict them separately")
+    names = self.select_tasks(tasks, pairs)
+    records = []
+    with tqdm(total=len(examples), disable=not progress, unit="input", file=sys.stderr,
+              dynamic_ncols=True) as bar:
+      for start in range(0, len(examples), self.batch_size):
+        chunk = examples[start:start + self.batch_size]
+        records.extend(self._predict_batch(chunk, names, first_index=start))
+        bar.update(len(chunk))
+    result = Predictions(records, self.wordpiece.max_len)
+    if result.truncated and warn_truncated:
+      warnings.warn(result.summary(), stacklevel=2)
+    return result
+
+  def _encode(self, chunk: list[Example]):
+    if chunk[0].pair is not None:
+      return self.wordpiece.encode_texts([e.text for e in chunk], [e.pair for e in chunk])
+    return self.wordpiece.encode_words([e.words for e in chunk])
+
+  def _predict_batch(self, chunk: list[Example], names, first_index: int) -> list[dict]:
+    from jmtl.data import Row, bucket_length, collate
+    encoded = self._encode(chunk)
+    rows = [Row(e.ids, e.type_ids, {}) for e in encoded]
+    length = bucket_length(max(len(r.ids) for r in rows), self.buckets)
+    batch = collate(rows, batch_size=self.batch_size, length=length, tasks=(),
+                    pad_id=self.wordpiece.pad_id)
+    outputs = jax.device_get(self._forward(self.params, batch, names))
+    records = []
+    for row, (example, encoding) in enumerate(zip(chunk, encoded)):
+      record = {"index": first_index + row}
+      if example.pair is not None:
+        record.update(text=example.text, text_pair=example.pair)
+      else:
+        if example.text is not None:
+          record["text"] = example.text
+        record["words"] = example.words
+      record["truncated"] = bool(encoding.truncated)
+      record["tasks"] = {name: self._decode(self.tasks[name], outputs[name][row], example,
+                                            encoding)
+                         for name in names}
+      records.append(record)
+    return records
+
+  def _decode(self, spec: TaskSpec, output: np.ndarray, example: Example, encoding) -> dict:
+    names = spec.label_names or tuple(str(i) for i in range(spec.num_labels))
+    if spec.kind == TaskKind.REGRESSION:
+      return {"value": float(output)}
+    probabilities = _softmax(np.asarray(output, np.float64))
+    if spec.kind == TaskKind.CLASSIFICATION:
+      return {"label": names[int(np.argmax(probabilities))],
+              "probabilities": {n: float(p) for n, p in zip(names, probabilities)}}
+    # Tagging: each word's tag is its first sub-word's, as training aligned the labels.
+    tags, scores = [None] * len(example.words), [None] * len(example.words)
+    seen = set()
+    for position, word in enumerate(encoding.word_ids):
+      if word >= 0 and word not in seen:
+        seen.add(word)
+        best = int(np.argmax(probabilities[position]))
+        tags[word], scores[word] = names[best], float(probabilities[position, best])
+    result = {"tags": tags, "scores": scores}
+    if "span_f1" in spec.metrics:
+      result["spans"] = [self._span(kind, first, last, example)
+                         for kind, first, last in bio_entities([t or "O" for t in tags])]
+    return result
+
+  @staticmethod
+  def _span(kind: str, first: int, last: int, example: Example) -> dict:
+    """An entity over words ``first..last`` (end exclusive), with its characters for text."""
+    span = {"type": kind, "start": first, "end": last + 1,
+            "text": " ".join(example.words[first:last + 1])}
+    if example.offsets is not None:
+      begin, end = example.offsets[first][0], example.offsets[last][1]
+      span.update(text=example.text[begin:end], char_start=begin, char_end=end)
+    return span
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+  shifted = logits - logits.max(axis=-1, keepdims=True)
+  exp = np.exp(shifted)
+  return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def input_format(path: str, explicit: str | None = None) -> str:
+  if explicit:
+    return explicit
+  extension = os.path.splitext(path)[1].lower()
+  if extension not in FORMATS:
+    raise _data_error(
+        f"input {path}: unknown format {extension or '(no extension)'!r}; use .txt (one text "
+        "per line), .jsonl (a 'text' field, or 'text' + 'text_pair', or 'tokens') or .conll "
+        "(one token per line in the first column, a blank line between sentences), or pass "
+        "--format text|jsonl|conll")
+  return FORMATS[extension]
+
+
+def _data_error(message: str):
+  from jmtl.data import DataError
+  return DataError(message)
+
+
+def read_inputs(path: str, fmt: str) -> list[Any]:
+  """Inputs for ``Predictor.predict`` from a file; a bad line raises naming file and line."""
+  if not os.path.isfile(path):
+    raise _data_error(f"input {path}: no such file")
+  with open(path, encoding="utf-8") as f:
+    lines = f.read().splitlines()
+  if fmt == "text":
+    return lines
+  if fmt == "jsonl":
+    return [_jsonl_item(path, number, line) for number, line in enumerate(lines, 1)
+            if line.strip()]
+  if fmt == "conll":
+    sentences, words = [], []
+    for line in lines + [""]:
+      fields = line.split()
+      if fields and fields[0] == "-DOCSTART-":
+        continue
+      if fields:
+        words.append(fields[0])
+      elif words:
+        sentences.append(words)
+        words = []
+    return sentences
+  raise _data_error(f"input {path}: unknown format {fmt!r}; use text, jsonl or conll")
+
+
+def _jsonl_item(path: str, number: int, line: str):
+  try:
+    item = json.loads(line)
+  except json.JSONDecodeError as e:
+    raise _data_error(f"input {path} line {number}: invalid JSON: {e.msg}") from None
+  if not isinstance(item, dict):
+    raise _data_error(f"input {path} line {number}: expected a JSON object")
+  if isinstance(item.get("tokens"), list):
+    return [str(w) for w in item["tokens"]]
+  if not isinstance(item.get("text"), str):
+    raise _data_error(f"input {path} line {number}: no string 'text' field (or 'tokens' list)")
+  if "text_pair" in item:
+    return (item["text"], str(item["text_pair"]))
+  return item["text"]
+
+
+def write_jsonl(records: Iterable[dict], path: str) -> None:
+  """JSON lines to ``path`` ("-" = stdout), written whole or not at all."""
+  if path == "-":
+    for record in records:
+      sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    for record in records:
+      f.write(json.dumps(record, ensure_ascii=False) + "\n")
+  os.replace(tmp, path)

@@ -1,0 +1,213 @@
+"""Starting a run from another run's checkpoint: ``config.init_from = "WORKDIR[:STEP|:best]"``.
+
+Pretrain, fine-tune, fuse: train on task A then fine-tune on B, multi-task pre-finetuning then
+single-task fine-tuning (MT-DNN), adding a task to a trained model. The encoder must match
+exactly (the same parameter paths and shapes, and the same tokenizer, or token ids would
+mean other words); each head whose task name and shapes match is loaded, every other task
+gets a fresh head; the optimizer and balancer start fresh. Where the run came from is written
+to ``<workdir>/init_from.json`` and to ``metrics.jsonl``.
+
+``read_checkpoint`` reads the parameters and saved config of any run (also used by
+``jmtl.predict``) without building that run's model or data: shapes come from the
+checkpoint's own metadata, and only ``params`` is restored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, NamedTuple
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+from jmtl.config import ConfigError, base_config
+from jmtl.train.checkpoint import CheckpointError
+from jmtl.train.optim import param_paths
+
+PyTree = Any
+ORIGIN_FILE = "init_from.json"
+# Config keys that decide what a token id means when the vocabulary is trained on the suite.
+SUITE_TOKENIZER_KEYS = ("data.suite", "data.vocab_size", "data.lowercase")
+
+
+class SavedRun(NamedTuple):
+  """A checkpoint's parameters (on one device) and the config it was trained with."""
+  workdir: str
+  step: int
+  best: bool
+  config: dict
+  params: PyTree
+
+
+def _saved_steps(directory: str) -> list[int]:
+  """Finished steps only: Orbax writes ``N.orbax-checkpoint-tmp-*`` and renames it to ``N``."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory) if name.isdigit()
+                and os.path.isdir(os.path.join(directory, name, "state")))
+
+
+def read_checkpoint(workdir: str, step: int | None = None, best: bool = False) -> SavedRun:
+  """The params and config of ``workdir``'s newest (or ``step``'s, or best) checkpoint.
+
+  Reads only; a missing workdir, checkpoint or step raises ``CheckpointError`` naming it.
+  """
+  workdir = os.path.abspath(workdir)
+  if not os.path.isdir(workdir):
+    raise CheckpointError(f"workdir {workdir} does not exist")
+  directory = os.path.join(workdir, "best" if best else "checkpoints")
+  steps = _saved_steps(directory)
+  if not steps:
+    kind = "best checkpoint" if best else "checkpoint"
+    raise CheckpointError(f"no {kind} in {workdir} (nothing under {directory}); "
+                          "train it first, or check the path")
+  if step is None:
+    step = steps[-1]
+  elif step not in steps:
+    raise CheckpointError(f"no checkpoint at step {step} in {directory}; available: {steps}")
+  path = os.path.join(directory, str(step))
+  try:
+    with open(os.path.join(path, "config", "metadata")) as f:
+      config = json.load(f)
+    state_path = os.path.join(path, "state")
+    # The handler's own metadata read: the Checkpointer's also looks for a step-level
+    # metadata file these items lack, and logs a warning for it.
+    metadata = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state_path)).tree
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          metadata["params"])
+    restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), target)
+    restored = ocp.PyTreeCheckpointer().restore(state_path, args=ocp.args.PyTreeRestore(
+        item={"params": target}, restore_args={"params": restore_args}, partial_restore=True))
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise CheckpointError(f"checkpoint {path} is unreadable: {type(e).__name__}: "
+                          f"{str(e)[:300]}") from None
+  return SavedRun(workdir, step, best, config, restored["params"])
+
+
+def saved_config(saved: dict) -> ml_collections.ConfigDict:
+  """A saved config JSON as a ConfigDict over today's defaults (keys added since default).
+
+  TODO(wt-run): swap for ``jmtl.train.runs.load_run_config`` once it lands.
+  """
+  config = base_config()
+
+  def merge(node: ml_collections.ConfigDict, values: dict) -> None:
+    for key, value in values.items():
+      if isinstance(value, dict) and isinstance(node.get(key), ml_collections.ConfigDict):
+        merge(node[key], value)
+      else:
+        node[key] = tuple(value) if isinstance(value, list) else value
+
+  merge(config, saved)
+  return config
+
+
+def parse_init_from(value: str) -> tuple[str, int | None, bool]:
+  """``"W"``, ``"W:STEP"`` or ``"W:best"`` -> (workdir, step or None, best)."""
+  workdir, sep, suffix = value.rpartition(":")
+  if not sep or os.path.isdir(value):
+    return value, None, False
+  if suffix == "best":
+    return workdir, None, True
+  if suffix.isdigit():
+    return workdir, int(suffix), False
+  raise ConfigError(f"init_from {value!r}: expected WORKDIR, WORKDIR:STEP or WORKDIR:best "
+                    f"({suffix!r} is not a step number)")
+
+
+def _get(config: dict, dotted: str):
+  node = config
+  for part in dotted.split("."):
+    node = node.get(part) if isinstance(node, dict) else None
+  return node
+
+
+def tokenizer_mismatches(source: dict, current: dict) -> list[str]:
+  """Config keys whose values make the two runs' token ids mean different words."""
+  vocab = lambda c: os.path.abspath(_get(c, "data.vocab_file")) if _get(c, "data.vocab_file") else ""
+  keys = ("data.lowercase",) if vocab(source) and vocab(source) == vocab(current) else (
+      SUITE_TOKENIZER_KEYS + ("data.vocab_file",))
+  return [f"{key}: {_get(source, key)!r} there, {_get(current, key)!r} here" for key in keys
+          if json.dumps(_get(source, key), default=list) != json.dumps(_get(current, key),
+                                                                        default=list)]
+
+
+def _shapes(tree) -> dict[str, tuple[int, ...]]:
+  return dict(zip(jax.tree.leaves(param_paths(tree)), (tuple(np.shape(x)) for x in
+                                                       jax.tree.leaves(tree))))
+
+
+def shape_mismatches(source, target) -> list[str]:
+  """One line per parameter path that is missing on either side or shaped differently."""
+  have, want = _shapes(source), _shapes(target)
+  lines = [f"{p}: checkpoint {have[p]}, this model {want[p]}"
+           for p in sorted(have.keys() & want.keys()) if have[p] != want[p]]
+  lines += [f"{p}: not in the checkpoint" for p in sorted(want.keys() - have.keys())]
+  lines += [f"{p}: in the checkpoint, not in this model" for p in sorted(have.keys() - want.keys())]
+  return lines
+
+
+def transfer_params(source: SavedRun, params: PyTree, what: str) -> tuple[PyTree, dict]:
+  """``params`` with the source's encoder and every matching head; and a report."""
+  encoder = shape_mismatches(source.params["encoder"], params["encoder"])
+  if encoder:
+    shown = [f"encoder/{line}" for line in encoder[:20]]
+    shown += [f"... and {len(encoder) - 20} more"] if len(encoder) > 20 else []
+    raise CheckpointError(
+        f"{what}: the encoder in {source.workdir} (step {source.step}) has another shape; "
+        "mismatched parameters:\n  " + "\n  ".join(shown))
+  cast = lambda new, old: jax.tree.map(lambda n, o: np.asarray(n, np.asarray(o).dtype), new, old)
+  heads, loaded, fresh = {}, [], {}
+  source_heads = source.params.get("heads", {})
+  for name, head in params["heads"].items():
+    if name not in source_heads:
+      heads[name], fresh[name] = head, "new task"
+      continue
+    mismatched = shape_mismatches(source_heads[name], head)
+    if mismatched:
+      heads[name], fresh[name] = head, "shape differs: " + "; ".join(mismatched)
+    else:
+      heads[name] = cast(source_heads[name], head)
+      loaded.append(name)
+  report = {"workdir": source.workdir, "step": source.step, "best": source.best,
+            "loaded": ["encoder"] + [f"heads/{n}" for n in loaded],
+            "fresh_heads": fresh,
+            "unused_heads": sorted(set(source_heads) - set(params["heads"])),
+            "source_tasks": sorted(source_heads),
+            "source_init_from": source.config.get("init_from", "")}
+  return {"encoder": cast(source.params["encoder"], params["encoder"]), "heads": heads}, report
+
+
+def init_from(config: ml_collections.ConfigDict, state, optimizer) -> tuple[Any, dict]:
+  """The fresh ``state`` with params from ``config.init_from``; a fresh optimizer state."""
+  workdir, step, best = parse_init_from(config.init_from)
+  source = read_checkpoint(workdir, step, best)
+  current = json.loads(json.dumps(config.to_dict(), default=list))
+  mismatched = tokenizer_mismatches(source.config, current)
+  if mismatched:
+    raise ConfigError(
+        f"init_from {config.init_from!r}: that run used another tokenizer, so its token ids "
+        "mean other words:\n  " + "\n  ".join(mismatched))
+  params, report = transfer_params(source, jax.device_get(state.params),
+                                   f"init_from {config.init_from!r}")
+  params = jax.device_put(params)
+  return state.replace(params=params, opt_state=optimizer.init(params)), report
+
+
+def describe(report: dict) -> str:
+  fresh = ", ".join(f"{name} ({why})" for name, why in report["fresh_heads"].items())
+  return (f"initialised from {report['workdir']} step {report['step']}"
+          f"{' (best)' if report['best'] else ''}: loaded {', '.join(report['loaded'])}"
+          + (f"; fresh heads: {fresh}" if fresh else "")
+          + (f"; unused heads: {', '.join(report['unused_heads'])}"
+             if report["unused_heads"] else ""))
+
+
+def write_origin(workdir: str, report: dict) -> None:
+  with open(os.path.join(workdir, ORIGIN_FILE), "w") as f:
+    json.dump(report, f, indent=2)
