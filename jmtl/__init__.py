@@ -6,8 +6,10 @@ from jmtl.gradients import same_input_jacobian
 from jmtl.gradients import same_input_representation
 from jmtl.gradients import task_losses
 from jmtl.gradients import weighted_loss_grads
+from jmtl.models import BertConfig
 from jmtl.models import EncoderConfig
 from jmtl.models import MultiTaskModel
+from jmtl.pretrained.embedding import embed
 from jmtl.tasks import TaskKind
 from jmtl.tasks import TaskSpec
 from jmtl.train.parallel import make_train_step

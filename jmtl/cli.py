@@ -4,6 +4,7 @@
   jmtl eval  --config configs/default.py --workdir runs/default [--checkpoint STEP | --best]
   jmtl data prepare SUITE [--data_dir DIR] [--force]
   jmtl bench NAME [ARGS ...]          (runs benchmarks/NAME.py from the repository)
+  jmtl embed --pretrained NAME_OR_DIR [--input FILE|-] [--output FILE|-]
 """
 
 from __future__ import annotations
@@ -37,6 +38,16 @@ def _parser() -> argparse.ArgumentParser:
   prepare.add_argument("suite")
   prepare.add_argument("--data_dir", default=None)
   prepare.add_argument("--force", action="store_true", help="rebuild even if present")
+  embed = commands.add_parser("embed", help="sentence embeddings (JSON lines) of one text per line")
+  embed.add_argument("--pretrained", default="minilm", help="a named model or a HF BERT folder")
+  embed.add_argument("--input", default="-", help="text file, one text per line (- = stdin)")
+  embed.add_argument("--output", default="-", help="JSON lines file (- = stdout)")
+  embed.add_argument("--batch_size", type=int, default=32)
+  embed.add_argument("--max_length", type=int, default=None,
+                     help="tokens per text (default: the model's own; longer texts are cut)")
+  embed.add_argument("--pooling", default="mean", choices=("mean", "cls", "pooler"))
+  embed.add_argument("--no_normalize", action="store_true", help="skip L2 normalisation")
+  embed.add_argument("--data_dir", default=None, help="cache of named models")
   bench = commands.add_parser("bench", help="run a benchmark script from benchmarks/")
   bench.add_argument("name")
   bench.add_argument("args", nargs=argparse.REMAINDER)
@@ -76,6 +87,25 @@ def _bench(name: str, args: list[str]) -> None:
   runpy.run_path(path, run_name="__main__")
 
 
+def _embed(args) -> None:
+  from jmtl.pretrained.embedding import Embedder, write_jsonl
+  if args.input != "-" and not os.path.isfile(args.input):
+    raise FileNotFoundError(f"--input {args.input!r} does not exist")
+  embedder = Embedder(args.pretrained, pooling=args.pooling, normalize=not args.no_normalize,
+                      max_length=args.max_length, data_dir=args.data_dir)
+  source = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")
+  with source:
+    lines = source.readlines()
+  if args.output == "-":
+    count = write_jsonl(embedder, lines, sys.stdout, args.batch_size)
+  else:
+    tmp = f"{args.output}.tmp"
+    with open(tmp, "w", encoding="utf-8") as out:
+      count = write_jsonl(embedder, lines, out, args.batch_size)
+    os.replace(tmp, args.output)  # an existing output is replaced only by a complete one
+  print(f"embedded {count} texts", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   rest, overrides = _split_overrides(argv)
@@ -89,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "data":
       from jmtl import data
       data.prepare(args.suite, args.data_dir, force=args.force)
+    elif args.command == "embed":
+      _embed(args)
     elif args.command == "bench":
       _bench(args.name, args.args)
     else:

@@ -135,7 +135,7 @@ def convert(tensors: dict[str, np.ndarray], config: BertConfig, where: str
             ) -> tuple[dict[str, Any], tuple[str, ...]]:
   """Hugging Face tensors -> (nested jmtl params, notes). Raises ONE error for all problems."""
   expected = _expected_shapes(config)
-  flat, unknown, mismatched, notes = {}, [], [], []
+  flat, unknown, mismatched, notes, seen = {}, [], [], [], set()
   ignored = sorted(n for n in tensors if _IGNORED.match(n.removeprefix("bert.")))
   for name, value in sorted(tensors.items()):
     if name in ignored:
@@ -153,10 +153,12 @@ def convert(tensors: dict[str, np.ndarray], config: BertConfig, where: str
     if path not in expected:
       unknown.append(name)
     elif value.shape != expected[path]:
+      seen.add(path)
       mismatched.append(f"{name} {tuple(value.shape)} (expected {expected[path]} for {path})")
     else:
       flat[path] = value
-  missing = [p for p in expected if p not in flat and not p.startswith("pooler/")]
+  missing = [p for p in expected
+             if p not in flat and p not in seen and not p.startswith("pooler/")]
   problems = ([f"unknown tensors: {', '.join(unknown)}"] if unknown else []) + (
       [f"missing tensors (jmtl paths): {', '.join(missing)}"] if missing else []) + (
       [f"shape mismatches: {'; '.join(mismatched)}"] if mismatched else [])
