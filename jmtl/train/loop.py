@@ -21,6 +21,7 @@ import optax
 from jmtl import balancers, data, metrics as metrics_lib
 from jmtl.config import ConfigError, balancer_hparams, to_json
 from jmtl.models import EncoderConfig, MultiTaskModel
+from jmtl.pretrained import training as pretrained_training
 from jmtl.train import checkpoint as ckpt_lib
 from jmtl.train.evaluate import evaluate, make_eval_fn, selection_score
 from jmtl.train.logging import MetricLogger
@@ -89,8 +90,9 @@ def suite_spec(suite: str):
 
 def load_suite(config: ml_collections.ConfigDict):
   d = config.data
-  suite = data.load_suite(suite_spec(d.suite), d.data_dir or None, max_len=d.max_len, lowercase=d.lowercase,
-                          vocab_size=d.vocab_size, vocab_file=d.vocab_file or None,
+  vocab_file, lowercase = pretrained_training.tokenizer_settings(config)
+  suite = data.load_suite(suite_spec(d.suite), d.data_dir or None, max_len=d.max_len, lowercase=lowercase,
+                          vocab_size=d.vocab_size, vocab_file=vocab_file,
                           buckets=tuple(d.buckets))
   tasks = suite.tasks
   if d.tasks:
@@ -105,6 +107,9 @@ def load_suite(config: ml_collections.ConfigDict):
 
 def build_model(config: ml_collections.ConfigDict, suite, tasks) -> MultiTaskModel:
   m = config.model
+  if pretrained_training.uses_bert(config):
+    return MultiTaskModel(pretrained_training.bert_config(config, suite), tasks,
+                          head_hidden=m.head_hidden)
   encoder = EncoderConfig(vocab_size=suite.vocab_size, width=m.width, depth=m.depth,
                           num_heads=m.num_heads, mlp_width=m.mlp_width,
                           max_length=max(suite.buckets), dropout=m.dropout,
@@ -217,7 +222,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                      best_metric="best" if t.keep_best else None)
   restored = checkpoints.restore(abstract_state, config_dict, warn=say)
   if restored is None:
-    state = jax.jit(experiment.create_state)()
+    state = pretrained_training.with_pretrained_encoder(config, jax.jit(experiment.create_state)())
     start = 0
   else:
     start, state, data_state = restored
