@@ -108,12 +108,12 @@ def load_suite(config: ml_collections.ConfigDict):
 def build_model(config: ml_collections.ConfigDict, suite, tasks) -> MultiTaskModel:
   m = config.model
   if pretrained_training.uses_bert(config):
-    return MultiTaskModel(pretrained_training.bert_config(config, suite), tasks,
-                          head_hidden=m.head_hidden)
-  encoder = EncoderConfig(vocab_size=suite.vocab_size, width=m.width, depth=m.depth,
-                          num_heads=m.num_heads, mlp_width=m.mlp_width,
-                          max_length=max(suite.buckets), dropout=m.dropout,
-                          attention_dropout=m.attention_dropout, pooled_width=m.pooled_width)
+    encoder = pretrained_training.bert_config(config, suite)
+  else:
+    encoder = EncoderConfig(vocab_size=suite.vocab_size, width=m.width, depth=m.depth,
+                            num_heads=m.num_heads, mlp_width=m.mlp_width,
+                            max_length=max(suite.buckets), dropout=m.dropout,
+                            attention_dropout=m.attention_dropout, pooled_width=m.pooled_width)
   return MultiTaskModel(encoder, tasks, head_hidden=m.head_hidden)
 
 
