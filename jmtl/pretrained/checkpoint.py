@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from jmtl.config import ConfigError
 from jmtl.models.bert import BertConfig
@@ -169,14 +170,7 @@ def convert(tensors: dict[str, np.ndarray], config: BertConfig, where: str
     notes.append("the checkpoint has no pooler: it is initialised fresh")
   if ignored:
     notes.append(f"ignored (buffers or pre-training heads): {', '.join(ignored)}")
-  params: dict[str, Any] = {}
-  for path, value in flat.items():
-    node = params
-    *parents, leaf = path.split("/")
-    for part in parents:
-      node = node.setdefault(part, {})
-    node[leaf] = value
-  return params, tuple(notes)
+  return traverse_util.unflatten_dict(flat, sep="/"), tuple(notes)
 
 
 def _tokenizer_settings(directory: Path, cache: Path) -> tuple[Path, bool]:
