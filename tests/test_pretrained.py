@@ -118,3 +118,50 @@ def test_cli_embed_bad_directory_exits_nonzero(tmp_path):
                           text=True, env={**os.environ, "JMTL_DATA_DIR": str(tmp_path / "d")})
   assert result.returncode == 2
   assert "missing config.json and model.safetensors" in result.stderr
+
+
+def _run_config(tmp_path, directory, **model):
+  from jmtl.config import base_config
+  config = base_config()
+  config.data.data_dir = str(tmp_path / "data")
+  for key, value in model.items():
+    section, _, leaf = key.partition("__")
+    config[section][leaf] = value
+  return config
+
+
+def test_run_config_takes_tokenizer_and_shapes_from_the_checkpoint(tmp_path):
+  from jmtl.config import ConfigError
+  from jmtl.pretrained import training
+  directory = write_checkpoint(tmp_path / "m", tiny_tensors(), lowercase=False)
+  config = _run_config(tmp_path, directory, model__encoder="bert",
+                       model__pretrained=str(directory), data__max_len=32, data__lowercase=True)
+  vocab_file, lowercase = training.tokenizer_settings(config)
+  assert vocab_file == str(directory / "vocab.txt") and lowercase is False
+
+  class Suite:
+    vocab_size, buckets = 40, (16, 32)
+  encoder = training.bert_config(config, Suite())
+  assert (encoder.num_layers, encoder.hidden_size, encoder.max_length) == (2, 16, 32)
+  Suite.vocab_size = 41
+  with pytest.raises(ConfigError, match="41 tokens but model.pretrained has 40"):
+    training.bert_config(config, Suite())
+
+
+def test_run_config_errors(tmp_path):
+  from jmtl.config import ConfigError
+  from jmtl.pretrained import training
+  directory = write_checkpoint(tmp_path / "m", tiny_tensors())
+  too_long = _run_config(tmp_path, directory, model__encoder="bert",
+                         model__pretrained=str(directory), data__max_len=64)
+  with pytest.raises(ConfigError, match="data.max_len=64 exceeds the 32 positions"):
+    training.tokenizer_settings(too_long)
+  other_vocab = _run_config(tmp_path, directory, model__encoder="bert",
+                            model__pretrained=str(directory), data__max_len=32,
+                            data__vocab_file="/elsewhere/vocab.txt")
+  with pytest.raises(ConfigError, match="data.vocab_file='/elsewhere/vocab.txt' differs"):
+    training.tokenizer_settings(other_vocab)
+  with pytest.raises(ConfigError, match="model.encoder 'gpt'"):
+    training.uses_bert(_run_config(tmp_path, directory, model__encoder="gpt"))
+  with pytest.raises(ConfigError, match="needs model.encoder='bert'"):
+    training.uses_bert(_run_config(tmp_path, directory, model__pretrained=str(directory)))
