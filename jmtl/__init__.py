@@ -9,7 +9,6 @@ from jmtl.gradients import weighted_loss_grads
 from jmtl.models import BertConfig
 from jmtl.models import EncoderConfig
 from jmtl.models import MultiTaskModel
-from jmtl.pretrained.embedding import embed
 from jmtl.tasks import TaskKind
 from jmtl.tasks import TaskSpec
 from jmtl.train.parallel import make_train_step
@@ -17,3 +16,11 @@ from jmtl.train.state import TrainState
 from jmtl.train.state import create_train_state
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+  # jmtl.embed(texts, pretrained=...): loads the tokenizer and data stack only when used.
+  if name == "embed":
+    from jmtl.pretrained.embedding import embed
+    return embed
+  raise AttributeError(f"module 'jmtl' has no attribute {name!r}")
