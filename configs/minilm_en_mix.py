@@ -9,8 +9,11 @@ The PTB masked-LM task of en_mix is left out: its 30,522-way output layer over e
 as much as the whole 6-layer encoder, and MiniLM is already pre-trained; add it back with
 --config.data.tasks='("wnut16_ner","bbc_topic","ptb_mlm")'.
 
-Budget on 2 CPU cores: 300 steps of (8 BBC articles x 512 + 8 tweets x 64): ~30 minutes on
-2 idle cores (about 5-6 s a step, nearly all of it BBC at 512 tokens), plus evaluation.
+Budget on 2 CPU cores: 300 steps of (8 BBC articles x 512 + 8 tweets x 64): an ESTIMATED
+~30-35 minutes on 2 idle cores (5-7 s a step from the FLOPs, nearly all of it BBC at 512
+tokens), plus evaluation. Not yet timed on an idle machine: a 4-step smoke run on the shared
+machine (load 15) took 160 s a step of wall time but used only 193 s of CPU in total,
+compilation and a full evaluation included.
 """
 
 from jmtl.config import base_config
