@@ -7,6 +7,7 @@
   jmtl data inspect SUITE [--split S] [--examples N] [--task T ...] [tokenizer options]
   jmtl bench NAME [ARGS ...]          (runs benchmarks/NAME.py from the repository)
   jmtl sweep | sweep report | plot    (grids of runs, their tables and plots: jmtl/sweep)
+  jmtl embed --pretrained NAME_OR_DIR [--input FILE|-] [--output FILE|-]
 """
 
 from __future__ import annotations
@@ -69,6 +70,16 @@ def _parser() -> argparse.ArgumentParser:
   inspect.add_argument("--split", default="train", choices=("train", "validation", "test"))
   inspect.add_argument("--examples", type=int, default=3, help="examples per input dataset")
   inspect.add_argument("--task", action="append", help="only these tasks (repeatable)")
+  embed = commands.add_parser("embed", help="sentence embeddings (JSON lines) of one text per line")
+  embed.add_argument("--pretrained", default="minilm", help="a named model or a HF BERT folder")
+  embed.add_argument("--input", default="-", help="text file, one text per line (- = stdin)")
+  embed.add_argument("--output", default="-", help="JSON lines file (- = stdout)")
+  embed.add_argument("--batch_size", type=int, default=32)
+  embed.add_argument("--max_length", type=int, default=None,
+                     help="tokens per text (default: the model's own; longer texts are cut)")
+  embed.add_argument("--pooling", default="mean", choices=("mean", "cls", "pooler"))
+  embed.add_argument("--no_normalize", action="store_true", help="skip L2 normalisation")
+  embed.add_argument("--data_dir", default=None, help="cache of named models")
   bench = commands.add_parser("bench", help="run a benchmark script from benchmarks/")
   bench.add_argument("name")
   bench.add_argument("args", nargs=argparse.REMAINDER)
@@ -141,6 +152,25 @@ def _predict(args) -> None:
         file=sys.stderr)
 
 
+def _embed(args) -> None:
+  from jmtl.pretrained.embedding import Embedder, write_jsonl
+  if args.input != "-" and not os.path.isfile(args.input):
+    raise FileNotFoundError(f"--input {args.input!r} does not exist")
+  embedder = Embedder(args.pretrained, pooling=args.pooling, normalize=not args.no_normalize,
+                      max_length=args.max_length, data_dir=args.data_dir)
+  source = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")
+  with source:
+    lines = source.readlines()
+  if args.output == "-":
+    count = write_jsonl(embedder, lines, sys.stdout, args.batch_size)
+  else:
+    tmp = f"{args.output}.tmp"
+    with open(tmp, "w", encoding="utf-8") as out:
+      count = write_jsonl(embedder, lines, out, args.batch_size)
+    os.replace(tmp, args.output)  # an existing output is replaced only by a complete one
+  print(f"embedded {count} texts", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   rest, overrides = _split_overrides(argv)
@@ -153,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
   try:
     if args.command == "data":
       _data(args)
+    elif args.command == "embed":
+      _embed(args)
     elif args.command == "bench":
       _bench(args.name, args.args)
     elif args.command in ("sweep", "plot"):

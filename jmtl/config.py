@@ -176,6 +176,9 @@ def base_config() -> ml_collections.ConfigDict:
       eval_batch_size=64,
   ))
   c.model = ml_collections.ConfigDict(dict(
+      encoder="transformer",  # "transformer" (jmtl's pre-LN) | "bert" (post-LN, loadable)
+      pretrained="",  # bert: a named model (minilm) or a HF BERT folder; sets the tokenizer
+      pooling="mean",  # bert's sentence vector: mean | cls | pooler
       width=128, depth=2, num_heads=4, mlp_width=512, pooled_width=128, head_hidden=64,
       dropout=0.1, attention_dropout=0.1))
   c.balancer = ml_collections.ConfigDict(dict(name="equal_weight"))

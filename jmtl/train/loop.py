@@ -21,6 +21,7 @@ import optax
 from jmtl import balancers, data, metrics as metrics_lib
 from jmtl.config import ConfigError, balancer_hparams, to_json
 from jmtl.models import EncoderConfig, MultiTaskModel
+from jmtl.pretrained import training as pretrained_training
 from jmtl.train import checkpoint as ckpt_lib
 from jmtl.train import optim, transfer
 from jmtl.train.evaluate import evaluate, make_eval_fn, selection_score
@@ -67,8 +68,9 @@ def suite_spec(suite: str):
 
 def load_suite(config: ml_collections.ConfigDict):
   d = config.data
-  suite = data.load_suite(suite_spec(d.suite), d.data_dir or None, max_len=d.max_len, lowercase=d.lowercase,
-                          vocab_size=d.vocab_size, vocab_file=d.vocab_file or None,
+  vocab_file, lowercase = pretrained_training.tokenizer_settings(config)
+  suite = data.load_suite(suite_spec(d.suite), d.data_dir or None, max_len=d.max_len, lowercase=lowercase,
+                          vocab_size=d.vocab_size, vocab_file=vocab_file,
                           buckets=tuple(d.buckets))
   tasks = suite.tasks
   if d.tasks:
@@ -83,11 +85,14 @@ def load_suite(config: ml_collections.ConfigDict):
 
 def build_model(config: ml_collections.ConfigDict, suite, tasks) -> MultiTaskModel:
   m = config.model
-  encoder = EncoderConfig(vocab_size=suite.vocab_size, width=m.width, depth=m.depth,
-                          num_heads=m.num_heads, mlp_width=m.mlp_width,
-                          max_length=max(suite.buckets), dropout=m.dropout,
-                          attention_dropout=m.attention_dropout, pooled_width=m.pooled_width,
-                          remat=config.train.remat)
+  if pretrained_training.uses_bert(config):
+    encoder = pretrained_training.bert_config(config, suite)
+  else:
+    encoder = EncoderConfig(vocab_size=suite.vocab_size, width=m.width, depth=m.depth,
+                            num_heads=m.num_heads, mlp_width=m.mlp_width,
+                            max_length=max(suite.buckets), dropout=m.dropout,
+                            attention_dropout=m.attention_dropout, pooled_width=m.pooled_width,
+                            remat=config.train.remat)
   return MultiTaskModel(encoder, tasks, head_hidden=m.head_hidden)
 
 
@@ -197,7 +202,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   restored = checkpoints.restore(abstract_state, config_dict, warn=say)
   origin = None
   if restored is None:
-    state = jax.jit(experiment.create_state)()
+    state = pretrained_training.with_pretrained_encoder(config, jax.jit(experiment.create_state)())
     start = 0
     if config.init_from:  # a fresh start only: a resumed run already holds these weights
       state, origin = transfer.init_from(config, state, experiment.optimizer)
