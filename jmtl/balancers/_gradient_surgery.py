@@ -213,8 +213,11 @@ def graddrop(num_tasks: int, *, leak: float | Sequence[float] = 0.0, seed: int =
     key, step_key = jax.random.split(state.key)
     leaf_keys = jax.random.split(step_key, len(leaves))
     out = [drop(leaf, jax.random.uniform(k, leaf.shape[1:])) for leaf, k in zip(leaves, leaf_keys)]
-    weights = jnp.ones((num_tasks,), jnp.float32) if present is None else jnp.asarray(
-        present, jnp.float32)
+    if present is None:
+      return jax.tree.unflatten(treedef, out), state._replace(key=key)
+    # No task present: nothing was drawn for, so the state stays as it was.
+    key = jnp.where(jnp.any(present), key, state.key)
+    weights = jnp.asarray(present, jnp.float32)
     return jax.tree.unflatten(treedef, out), state._replace(key=key, weights=weights)
 
   return Balancer(init=init, update=update, needs="jacobian")
