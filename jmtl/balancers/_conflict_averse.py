@@ -94,6 +94,30 @@ def cagrad(num_tasks: int, *, c: float = 0.4, rescale: int = 1) -> Balancer:
   return from_gram_weights(init, weigh)
 
 
+def imtl_g_weights(gram: jax.Array) -> jax.Array:
+  """IMTL-G's weights from G, computed on unit gradients so norm spreads cannot hurt.
+
+  With ``u_i = g_i / n_i`` and ``d = sum_i w_i g_i = sum_i b_i u_i`` (``b_i = w_i n_i``),
+  equal projections ``u_i . d`` mean ``C b = 1`` up to scale, ``C`` the cosine matrix
+  (entries in [-1, 1] whatever the norms). So ``b = C^+ 1``, ``w_i = b_i / n_i``, scaled to
+  sum to 1. Zero gradients get weight 0; the weights are 0 when no such combination
+  exists (``sum_i b_i / n_i`` vanishes relative to its terms).
+  """
+  gram = jnp.asarray(gram, jnp.float32)
+  gram = 0.5 * (gram + gram.T)
+  norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
+  alive = norms > jnp.max(norms) * 1e-12  # relative: the norms may span any scale
+  inverse = jnp.where(alive, 1.0 / jnp.where(alive, norms, 1.0), 0.0)
+  cosines = gram * inverse[:, None] * inverse[None, :]
+  cosines = jnp.where(alive[:, None] & alive[None, :], cosines, jnp.eye(gram.shape[0]))
+  unit_weights = jnp.linalg.pinv(cosines, hermitian=True, rtol=1e-6) @ alive.astype(jnp.float32)
+  # Divide by the largest norm's share first: w_i = (b_i * n_max / n_i) / n_max.
+  scaled = unit_weights * inverse * jnp.max(norms)
+  total = jnp.sum(scaled)
+  defined = jnp.abs(total) > 1e-6 * jnp.sum(jnp.abs(scaled))
+  return jnp.where(defined & alive, scaled / jnp.where(defined, total, 1.0), 0.0)
+
+
 @register("imtl_g", paper="Liu et al. 2021, Towards Impartial Multi-task Learning, ICLR")
 def imtl_g(num_tasks: int) -> Balancer:
   """IMTL-G: the combination, with weights summing to 1, equally aligned with every task.
@@ -115,12 +139,7 @@ def imtl_g(num_tasks: int) -> Balancer:
 
   def weigh(gram, state, *, task_losses=None):
     del state, task_losses
-    normalized, _ = _solvers.normalize_gram(gram)
-    norms = jnp.sqrt(jnp.maximum(jnp.diagonal(normalized), 0.0))
-    unnormalized = jnp.linalg.pinv(normalized, hermitian=True) @ norms
-    total = jnp.sum(unnormalized)
-    defined = jnp.abs(total) > 1e-6  # O(1) units: well-posed inputs give sums of order one or more
-    weights = jnp.where(defined, unnormalized / jnp.where(defined, total, 1.0), 0.0)
+    weights = imtl_g_weights(gram)
     return weights, IMTLGState(weights=weights)
 
   return from_gram_weights(init, weigh)
@@ -130,7 +149,9 @@ def imtl_g(num_tasks: int) -> Balancer:
 def nash_mtl(num_tasks: int, *, update_weights_every: int = 1, max_norm: float = 1.0) -> Balancer:
   """Nash-MTL: the Nash bargaining solution, ``d = sum_i alpha_i g_i`` with ``G alpha = 1/alpha``.
 
-  Every task's utility ``g_i . d = 1 / alpha_i``, the bargaining solution over the ball.
+  Every task's utility ``g_i . d = 1 / alpha_i`` on the Frobenius-normalised Gram matrix
+  ``G / ||G||_F`` (the official code's normalisation, which sets the update's length), the
+  bargaining solution over the ball.
   The official code approaches alpha by a sequence of convex programs (cvxpy, ECOS); here
   `_solvers.alpha_fair_weights` solves the same system by damped Newton on device. As in
   the official code (and torchjd) alpha is recomputed every ``update_weights_every``
@@ -157,7 +178,12 @@ def nash_mtl(num_tasks: int, *, update_weights_every: int = 1, max_norm: float =
   def weigh(gram, state, *, task_losses=None):
     del task_losses
     gram = jnp.asarray(gram, jnp.float32)
-    solve = lambda: _solvers.alpha_fair_weights(gram, 1.0)
+    gram = 0.5 * (gram + gram.T)
+    # As the official code: alpha solves the system on G / ||G||_F (not mapped back), so
+    # ||d|| = sqrt(T ||G||_F) shrinks with the gradients instead of staying at sqrt(T).
+    frobenius = jnp.sqrt(jnp.sum(jnp.square(gram)))
+    normalized = gram / jnp.maximum(frobenius, _solvers.TINY)
+    solve = lambda: _solvers.alpha_fair_weights(normalized, 1.0)
     if update_weights_every == 1:
       alpha = solve()
     else:

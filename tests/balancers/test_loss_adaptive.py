@@ -170,11 +170,24 @@ def test_famo_first_update_leaves_the_logits_and_adam_untouched():
 def test_famo_absent_task_gets_no_weight_and_no_logit_signal():
   balancer = balancers.get("famo", 2)
   state = balancer.init(jnp.zeros(1))
-  _, state = balancer.weigh_losses(jnp.array([0.0, 1.0]), state)
+  absent = jnp.array([False, True])
+  _, state = balancer.weigh_losses(jnp.array([5.0, 1.0]), state, present=absent)
   weights, state = balancer.weigh_losses(jnp.array([2.0, 1.0]), state)
   np.testing.assert_array_equal(state.logits, 0.0)  # no delta from an absent task
-  weights, _ = balancer.weigh_losses(jnp.array([0.0, 1.0]), state)
+  weights, _ = balancer.weigh_losses(jnp.array([7.0, 1.0]), state, present=absent)
   assert_close(weights, [0.0, 1.0])
+
+
+def test_famo_lower_bounds_match_the_authors_toy_weights():
+  # D_i = L_i - L*_i: with the toy's negative losses and bounds the weights stay defined.
+  bounds = np.array([-2.1, -21.0])
+  losses = np.array([[-1.5, -19.0], [-1.6, -19.5], [-1.8, -19.6]])
+  balancer = balancers.get("famo", 2, min_losses=bounds.tolist(), gamma=0.0, w_lr=0.1)
+  state = balancer.init(None)
+  expected = reference_famo(losses - bounds, 0.1, 0.0)
+  for loss, want in zip(losses, expected):
+    weights, state = balancer.weigh_losses(jnp.asarray(loss, jnp.float32), state)
+    np.testing.assert_allclose(weights, want, rtol=2e-4)
 
 
 # ---------------------------------------------------------------- DB-MTL
