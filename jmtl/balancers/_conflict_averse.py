@@ -149,9 +149,7 @@ def imtl_g(num_tasks: int) -> Balancer:
 def nash_mtl(num_tasks: int, *, update_weights_every: int = 1, max_norm: float = 1.0) -> Balancer:
   """Nash-MTL: the Nash bargaining solution, ``d = sum_i alpha_i g_i`` with ``G alpha = 1/alpha``.
 
-  Every task's utility ``g_i . d = 1 / alpha_i`` on the Frobenius-normalised Gram matrix
-  ``G / ||G||_F`` (the official code's normalisation, which sets the update's length), the
-  bargaining solution over the ball.
+  Every task's utility ``g_i . d = 1 / alpha_i``, the bargaining solution over the ball.
   The official code approaches alpha by a sequence of convex programs (cvxpy, ECOS); here
   `_solvers.alpha_fair_weights` solves the same system by damped Newton on device. As in
   the official code (and torchjd) alpha is recomputed every ``update_weights_every``
@@ -178,12 +176,9 @@ def nash_mtl(num_tasks: int, *, update_weights_every: int = 1, max_norm: float =
   def weigh(gram, state, *, task_losses=None):
     del task_losses
     gram = jnp.asarray(gram, jnp.float32)
-    gram = 0.5 * (gram + gram.T)
-    # As the official code: alpha solves the system on G / ||G||_F (not mapped back), so
-    # ||d|| = sqrt(T ||G||_F) shrinks with the gradients instead of staying at sqrt(T).
-    frobenius = jnp.sqrt(jnp.sum(jnp.square(gram)))
-    normalized = gram / jnp.maximum(frobenius, _solvers.TINY)
-    solve = lambda: _solvers.alpha_fair_weights(normalized, 1.0)
+    # The official code solves on G / ||G||_F with the constraint scaled back by ||G||_F,
+    # i.e. the exact system G alpha = 1 / alpha (||d|| = sqrt(T)); so does this.
+    solve = lambda: _solvers.alpha_fair_weights(gram, 1.0)
     if update_weights_every == 1:
       alpha = solve()
     else:

@@ -437,14 +437,14 @@ def cagrad_dual(gram: jax.Array, linear: jax.Array, radius: jax.Array, *,
 # ---------------------------------------------------------------- G w = w^(-1/alpha)
 
 
-def _alpha_fair_newton(gram, w0, power, num_iters):
-  """Damped Newton for ``gram w = w^(-power)`` from ``w0 > 0`` (see `alpha_fair_weights`)."""
+def _alpha_fair_newton(gram, w0, power, num_iters, coefficients=1.0):
+  """Damped Newton for ``gram w = c w^(-power)`` from ``w0 > 0`` (see `alpha_fair_weights`)."""
   def gradient(w):
-    return gram @ w - w**(-power)
+    return gram @ w - coefficients * w**(-power)
 
   def newton_step(_, w):
     grad = gradient(w)
-    hessian = gram + jnp.diag(power * w**(-power - 1.0))
+    hessian = gram + jnp.diag(power * coefficients * w**(-power - 1.0))
     delta = -jnp.linalg.solve(hessian, grad)
     trials = _max_step(w, delta, _FRACTION_TO_BOUNDARY) * 0.5**jnp.arange(
         _NUM_TRIAL_STEPS, dtype=jnp.float32)
@@ -492,12 +492,19 @@ def alpha_fair_weights(gram: jax.Array, alpha: float | jax.Array = 1.0, *, ridge
   normalized, scale = normalize_gram(gram)
   n = normalized.shape[0]
   power = 1.0 / alpha
-  ridged = normalized + ridge * jnp.eye(n, dtype=jnp.float32)
+  # Solved on unit gradients: with G = N C N (N the norms, C the cosines) and b = N w the
+  # system is C b = N^(power - 1) b^(-power), whose matrix has entries in [-1, 1] however
+  # far apart the norms are (norm spreads of 1e4 make G itself hopeless in float32).
+  norms = jnp.sqrt(jnp.maximum(jnp.diagonal(normalized), 0.0))
+  norms = jnp.where(norms > 1e-12 * jnp.max(norms), norms, 1.0)  # zero rows: the ridge copes
+  cosines = normalized / norms[:, None] / norms[None, :]
+  coefficients = norms**(power - 1.0)
+  ridged = cosines + ridge * jnp.eye(n, dtype=jnp.float32)
   # Exact when the gradients are orthogonal, and on the right scale otherwise.
-  w0 = jnp.diagonal(ridged)**(-alpha / (1.0 + alpha))
-  w_ridge = _alpha_fair_newton(ridged, w0, power, num_iters)
-  w_exact = _alpha_fair_newton(normalized, w_ridge, power, num_polish_iters)
-  relative_residual = jnp.max(jnp.abs((normalized @ w_exact) * w_exact**power - 1.0))
+  b0 = (coefficients / jnp.diagonal(ridged))**(alpha / (1.0 + alpha))
+  b_ridge = _alpha_fair_newton(ridged, b0, power, num_iters, coefficients)
+  b_exact = _alpha_fair_newton(cosines, b_ridge, power, num_polish_iters, coefficients)
+  relative_residual = jnp.max(jnp.abs((cosines @ b_exact) * b_exact**power / coefficients - 1.0))
   solved = jnp.isfinite(relative_residual) & (relative_residual < 1e-4)
-  w = jnp.where(solved, w_exact, w_ridge)
+  w = jnp.where(solved, b_exact, b_ridge) / norms
   return w * scale**(-alpha / (1.0 + alpha))
