@@ -241,7 +241,8 @@ def db_mtl(num_tasks: int, *, beta: float = 0.9, beta_sigma: float = 0.0) -> Bal
 
     buffer = jax.tree.map(mix, state.gradient_buffer, task_grads)
     norms = jnp.sqrt(per_task_sum(jax.tree.map(jnp.square, buffer)))
-    alphas = jnp.max(norms) / (norms + EPS)
+    # Relative epsilon (LibMTL: + 1e-8): the balance must not depend on the gradients scale.
+    alphas = jnp.max(norms) / (norms + EPS * jnp.max(norms))
     grads = jax.tree.map(lambda out, grad: out.astype(grad.dtype),
                          weighted_sum(alphas, buffer), task_grads)
     return grads, DBMTLState(weights=alphas, gradient_buffer=buffer, step=step)

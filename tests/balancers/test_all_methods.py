@@ -290,3 +290,50 @@ def test_as_optax_chains_with_sgd():
     x = optax.apply_updates(x, updates)
   # Pareto stationary: x on the segment between the two targets.
   assert np.all(x >= -1e-3) and abs(x[0] + x[1] / 2 - 1.0) < 1e-2
+
+
+# ---------------------------------------------------------------- scale and precision
+
+# MoCo's lambda step is gamma_k * (Y Y^T) lambda: its size, hence its direction after one
+# step, depends on the gradients' scale by design (the paper's step sizes are absolute).
+SCALE_DEPENDENT = {"moco"}
+
+
+@pytest.mark.parametrize("name", balancers.names())
+def test_direction_does_not_depend_on_the_gradients_scale(name):
+  rng = np.random.default_rng(5)
+  jacobian = rng.normal(size=(NUM_TASKS, 6)) * [[1e-2], [1.0], [1e2]]
+  losses = jnp.asarray([0.7, 1.9, 0.4], jnp.float32)
+  outputs = []
+  for scale in (1e-4, 1.0, 1e4):
+    scaled = jnp.asarray(jacobian * scale, jnp.float32)
+    balancer = balancers.get(name, NUM_TASKS)
+    for present in (None, jnp.asarray([True, False, True])):
+      combined, _ = masked_update(name)(scaled, balancer.init(scaled[0]), losses,
+                                        jnp.ones(NUM_TASKS, bool) if present is None else present)
+      outputs.append(np.asarray(combined, np.float64) / scale)
+  if name in SCALE_DEPENDENT:
+    # Not invariant, and the test says so: the directions do differ across scales.
+    assert min(o @ outputs[2] / np.linalg.norm(o) / np.linalg.norm(outputs[2])
+               for o in outputs[0::2]) < 1 - 1e-4
+    return
+  by_mask = [outputs[0::2], outputs[1::2]]
+  for group in by_mask:
+    for found in group[1:]:
+      cosine = found @ group[0] / (np.linalg.norm(found) * np.linalg.norm(group[0]))
+      assert cosine > 1 - 1e-4, (name, cosine)
+
+
+@pytest.mark.parametrize("name", balancers.names())
+def test_runs_under_x64(name):
+  with jax.enable_x64(True):
+    jacobian = jnp.asarray(np.random.default_rng(6).normal(size=(NUM_TASKS, 6)), jnp.float32)
+    losses = jnp.asarray([0.7, 1.9, 0.4], jnp.float32)
+    balancer = balancers.get(name, NUM_TASKS)
+    step = jax.jit(lambda g, s, l, p: balancer.update(g, s, task_losses=l, present=p))
+    state = balancer.init(jacobian[0])
+    for present in ([True, True, True], [True, False, True]):
+      combined, state = step(jacobian, state, losses, jnp.asarray(present))
+      assert combined.dtype == jnp.float32 and np.all(np.isfinite(combined)), name
+    weights = balancers.applied_weights(state)
+    assert weights is None or weights.dtype == jnp.float32
