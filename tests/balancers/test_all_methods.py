@@ -337,3 +337,18 @@ def test_runs_under_x64(name):
       assert combined.dtype == jnp.float32 and np.all(np.isfinite(combined)), name
     weights = balancers.applied_weights(state)
     assert weights is None or weights.dtype == jnp.float32
+
+
+MEAN_CONVENTION = ("equal_weight", "mean", "pcgrad", "gradnorm", "mgda", "imtl_g", "upgrad",
+                   "dualproj", "sdmgrad", "krum", "trimmed_mean", "famo", "gls", "rlw", "random")
+
+
+@pytest.mark.parametrize("name", MEAN_CONVENTION)
+def test_identical_gradients_give_back_the_gradient(name):
+  # The README's scale convention: the update is on the mean gradient's scale.
+  g = np.random.default_rng(7).normal(size=6)
+  jacobian = jnp.asarray(np.stack([g] * NUM_TASKS), jnp.float32)
+  balancer = balancers.get(name, NUM_TASKS)
+  combined, _ = balancer.update(jacobian, balancer.init(jacobian[0]),
+                                task_losses=jnp.ones(NUM_TASKS))
+  np.testing.assert_allclose(combined, g, rtol=2e-3, atol=1e-5)
