@@ -81,9 +81,20 @@ def min_norm_of_hull(jacobian: np.ndarray) -> float:
   return float(np.linalg.norm(alpha * g1 + (1 - alpha) * g2))
 
 
-def make_runner(name: str, setup: Setup, steps: int, num_records: int):
+# Method settings of the authors' toy code where they differ from the defaults. FAMO
+# (Cranial-XIX/FAMO experiments/toy): loss lower bounds (-21 * scale, -21) through
+# ``set_min_losses`` and gamma = 0 (run.sh: "the objective is not changing"); w_lr 0.025 is
+# jmtl's default. Nash-MTL and MGDA run with their defaults (max_norm 1.0, 20 CCCP steps
+# there; the official MGDA toy uses the min-norm solver without normalisation).
+METHOD_HPARAMS = {
+    "nash_mtl": {"famo": {"min_losses": (-21.0 * 0.1, -21.0), "gamma": 0.0}},
+    "cagrad": {"famo": {"min_losses": (-21.0, -21.0), "gamma": 0.0}},
+}
+
+
+def make_runner(name: str, setup: Setup, steps: int, num_records: int, hparams=None):
   """A jitted ``starts [S, 2] -> (trajectories [S, R+1, 2], finals [S, 2])``."""
-  balancer = balancers.get(name, num_tasks=2)
+  balancer = balancers.get(name, num_tasks=2, **(hparams or {}))
   optimizer = optax.adam(setup.lr)
   every = max(1, steps // num_records)
   chunks, remainder = divmod(steps, every)
@@ -112,11 +123,12 @@ def make_runner(name: str, setup: Setup, steps: int, num_records: int):
   return jax.jit(jax.vmap(trajectory))
 
 
-def run_method(name: str, setup: Setup, steps: int, tol: float, num_records: int = 400) -> dict:
+def run_method(name: str, setup: Setup, steps: int, tol: float, num_records: int = 400,
+               hparams=None) -> dict:
   """Runs ``name`` from every start of ``setup``; a JSON-ready summary plus trajectories."""
   began = time.perf_counter()
   try:
-    runner = make_runner(name, setup, steps, num_records)
+    runner = make_runner(name, setup, steps, num_records, hparams)
   except ValueError as error:  # e.g. robust aggregators that need more than two tasks
     return {"needs": None, "skipped": str(error)}
   trajectories, finals = jax.block_until_ready(runner(jnp.asarray(setup.starts, jnp.float32)))
@@ -130,6 +142,8 @@ def run_method(name: str, setup: Setup, steps: int, tol: float, num_records: int
   on_front = [s and bool(x[1] < 0) for s, x in zip(stationary, finals)]
   return {
       "needs": balancers.get(name, num_tasks=2).needs,
+      "hparams": {key: list(value) if isinstance(value, tuple) else value
+                  for key, value in (hparams or {}).items()},
       "runs": len(setup.starts),
       "pareto_stationary": sum(stationary),
       "on_front": sum(on_front),
@@ -239,7 +253,8 @@ def main(argv: list[str] | None = None) -> dict:
     section = {"steps": steps, "lr": setup.lr, "first_loss_scale": setup.first_loss_scale,
                "starts": [list(s) for s in setup.starts], "methods": {}}
     for name in methods:
-      section["methods"][name] = run_method(name, setup, steps, args.tol)
+      hparams = METHOD_HPARAMS.get(setup_name, {}).get(name)
+      section["methods"][name] = run_method(name, setup, steps, args.tol, hparams=hparams)
       print(f"{setup_name}/{name}: done", flush=True)
     results["setups"][setup_name] = section
 

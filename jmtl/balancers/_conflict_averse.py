@@ -18,7 +18,8 @@ from jax import lax
 from jmtl.balancers import _solvers
 from jmtl.balancers._base import Balancer
 from jmtl.balancers._base import from_gram_weights
-from jmtl.balancers._base import register
+from jmtl.balancers._base import uniform_weights
+from jmtl.balancers._registry import register
 
 # Below this norm (relative to the Jacobian's Frobenius norm) a combination of gradients is
 # float32 noise when computed from a Gram matrix: sqrt of the entries' round-off.
@@ -45,10 +46,6 @@ class AlignedMTLState(NamedTuple):
 
 class FairGradState(NamedTuple):
   weights: jax.Array  # [T], weights of the last update
-
-
-def _initial_weights(num_tasks: int) -> jax.Array:
-  return jnp.full((num_tasks,), 1.0 / num_tasks, jnp.float32)
 
 
 @register("cagrad", paper="Liu et al. 2021, Conflict-Averse Gradient Descent for Multi-task "
@@ -80,7 +77,7 @@ def cagrad(num_tasks: int, *, c: float = 0.4, rescale: int = 1) -> Balancer:
 
   def init(params):
     del params
-    return CAGradState(weights=_initial_weights(num_tasks))
+    return CAGradState(weights=uniform_weights(num_tasks))
 
   def weigh(gram, state, *, task_losses=None):
     del state, task_losses
@@ -95,6 +92,30 @@ def cagrad(num_tasks: int, *, c: float = 0.4, rescale: int = 1) -> Balancer:
     return weights, CAGradState(weights=weights)
 
   return from_gram_weights(init, weigh)
+
+
+def imtl_g_weights(gram: jax.Array) -> jax.Array:
+  """IMTL-G's weights from G, computed on unit gradients so norm spreads cannot hurt.
+
+  With ``u_i = g_i / n_i`` and ``d = sum_i w_i g_i = sum_i b_i u_i`` (``b_i = w_i n_i``),
+  equal projections ``u_i . d`` mean ``C b = 1`` up to scale, ``C`` the cosine matrix
+  (entries in [-1, 1] whatever the norms). So ``b = C^+ 1``, ``w_i = b_i / n_i``, scaled to
+  sum to 1. Zero gradients get weight 0; the weights are 0 when no such combination
+  exists (``sum_i b_i / n_i`` vanishes relative to its terms).
+  """
+  gram = jnp.asarray(gram, jnp.float32)
+  gram = 0.5 * (gram + gram.T)
+  norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
+  alive = norms > jnp.max(norms) * 1e-12  # relative: the norms may span any scale
+  inverse = jnp.where(alive, 1.0 / jnp.where(alive, norms, 1.0), 0.0)
+  cosines = gram * inverse[:, None] * inverse[None, :]
+  cosines = jnp.where(alive[:, None] & alive[None, :], cosines, jnp.eye(gram.shape[0]))
+  unit_weights = jnp.linalg.pinv(cosines, hermitian=True, rtol=1e-6) @ alive.astype(jnp.float32)
+  # Divide by the largest norm's share first: w_i = (b_i * n_max / n_i) / n_max.
+  scaled = unit_weights * inverse * jnp.max(norms)
+  total = jnp.sum(scaled)
+  defined = jnp.abs(total) > 1e-6 * jnp.sum(jnp.abs(scaled))
+  return jnp.where(defined & alive, scaled / jnp.where(defined, total, 1.0), 0.0)
 
 
 @register("imtl_g", paper="Liu et al. 2021, Towards Impartial Multi-task Learning, ICLR")
@@ -114,16 +135,11 @@ def imtl_g(num_tasks: int) -> Balancer:
   """
   def init(params):
     del params
-    return IMTLGState(weights=_initial_weights(num_tasks))
+    return IMTLGState(weights=uniform_weights(num_tasks))
 
   def weigh(gram, state, *, task_losses=None):
     del state, task_losses
-    normalized, _ = _solvers.normalize_gram(gram)
-    norms = jnp.sqrt(jnp.maximum(jnp.diagonal(normalized), 0.0))
-    unnormalized = jnp.linalg.pinv(normalized, hermitian=True) @ norms
-    total = jnp.sum(unnormalized)
-    defined = jnp.abs(total) > 1e-6  # O(1) units: well-posed inputs give sums of order one or more
-    weights = jnp.where(defined, unnormalized / jnp.where(defined, total, 1.0), 0.0)
+    weights = imtl_g_weights(gram)
     return weights, IMTLGState(weights=weights)
 
   return from_gram_weights(init, weigh)
@@ -160,6 +176,8 @@ def nash_mtl(num_tasks: int, *, update_weights_every: int = 1, max_norm: float =
   def weigh(gram, state, *, task_losses=None):
     del task_losses
     gram = jnp.asarray(gram, jnp.float32)
+    # The official code solves on G / ||G||_F with the constraint scaled back by ||G||_F,
+    # i.e. the exact system G alpha = 1 / alpha (||d|| = sqrt(T)); so does this.
     solve = lambda: _solvers.alpha_fair_weights(gram, 1.0)
     if update_weights_every == 1:
       alpha = solve()
@@ -233,7 +251,7 @@ def aligned_mtl(num_tasks: int, *, scale_mode: str = "min") -> Balancer:
 
   def init(params):
     del params
-    return AlignedMTLState(weights=_initial_weights(num_tasks))
+    return AlignedMTLState(weights=uniform_weights(num_tasks))
 
   def weigh(gram, state, *, task_losses=None):
     del state, task_losses
@@ -265,7 +283,7 @@ def fairgrad(num_tasks: int, *, alpha: float = 1.0) -> Balancer:
 
   def init(params):
     del params
-    return FairGradState(weights=_initial_weights(num_tasks))
+    return FairGradState(weights=uniform_weights(num_tasks))
 
   def weigh(gram, state, *, task_losses=None):
     del state, task_losses

@@ -8,6 +8,7 @@ docstring). Every output stays finite.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -16,8 +17,9 @@ import optax
 
 from jmtl.balancers._base import EPS
 from jmtl.balancers._base import Balancer
+from jmtl.balancers._base import uniform_weights
 from jmtl.balancers._base import from_loss_weights
-from jmtl.balancers._base import register
+from jmtl.balancers._registry import register
 from jmtl.balancers._base import weighted_sum
 from jmtl.balancers._loss_weighting import masked_log
 from jmtl.balancers._loss_weighting import present_tasks
@@ -127,61 +129,70 @@ class FAMOState(NamedTuple):
   weights: jax.Array          # [T] weights of the last update; sum to 1
   logits: jax.Array           # [T] task logits xi (z = softmax(xi))
   optimizer_state: optax.OptState
-  previous_losses: jax.Array  # [T] losses of the last update (0: absent), for the next delta
-  step: jax.Array             # int32, updates done
+  previous_losses: jax.Array  # [T] each task's loss at its last update, for the next delta
+  seen: jax.Array             # [T] bool, whether the task has a previous loss
+  min_losses: jax.Array       # [T] lower bounds L*_i of the losses (a constant hparam)
 
 
 @register("famo", paper="Liu et al. 2023, FAMO: Fast Adaptive Multitask Optimization, NeurIPS")
-def famo(num_tasks: int, *, w_lr: float = 0.025, gamma: float = 1e-3) -> Balancer:
-  """FAMO: ``g = grad sum_i z_i log L_i / c``: ``w_i = z_i / (c L_i)``, ``c = sum_j z_j / L_j``.
+def famo(num_tasks: int, *, w_lr: float = 0.025, gamma: float = 1e-3,
+         min_losses: Sequence[float] | None = None) -> Balancer:
+  """FAMO: ``g = grad sum_i z_i log D_i / c``: ``w_i = z_i / (c D_i)``, ``c = sum_j z_j / D_j``.
 
-  ``z = softmax(xi)``. The logits move to favour tasks whose log loss fell least: Adam (rate
-  ``w_lr``, L2 weight decay ``gamma``, as ``torch.optim.Adam(weight_decay=gamma)`` in the
-  authors' code) on the gradient ``J_softmax^T delta``, ``delta_i = log L_i(t-1) - log
-  L_i(t)``. The paper evaluates ``L(t)`` on the same batch after the parameter step; with a
-  single update per step this is the delayed form: each update first moves the logits with
-  the previous update's losses vs. this batch's, then weighs. Defaults follow LibMTL
-  (``w_lr=0.025``, ``gamma=1e-3``; the authors' ``famo.py`` uses ``gamma=0.01``); the min
-  losses are 0 as in both. Gradient clipping (their ``max_norm``) is the train step's job.
+  ``D_i = L_i - L*_i`` with the loss lower bounds ``L*`` (``min_losses``, 0 by default as
+  for cross-entropy; the authors' toy passes ``(-21 * 0.1, -21)``), ``z = softmax(xi)``.
+  The logits move to favour tasks whose log loss fell least: Adam (rate ``w_lr``, L2
+  weight decay ``gamma``, as ``torch.optim.Adam(weight_decay=gamma)`` in the authors'
+  code) on the gradient ``J_softmax^T delta``, ``delta_i = log D_i(t-1) - log D_i(t)``. The
+  paper evaluates ``L(t)`` on the same batch after the parameter step; with a single
+  update per step this is the delayed form: each update first moves the logits with the
+  previous update's losses vs. this batch's, then weighs. Defaults follow LibMTL
+  (``w_lr=0.025``, ``gamma=1e-3``; the authors' ``famo.py`` uses ``gamma=0.01``, their toy
+  0). Gradient clipping (their ``max_norm``) is the train step's job. Absent tasks are
+  left out by the registry (`with_presence`); their previous losses are kept.
 
   Args:
     num_tasks: T.
     w_lr: Adam learning rate of the logits.
     gamma: L2 weight decay of the logits.
+    min_losses: T lower bounds of the losses (None: zeros).
   """
   optimizer = optax.chain(optax.add_decayed_weights(gamma), optax.adam(w_lr))
+  bounds = [0.0] * num_tasks if min_losses is None else [float(v) for v in min_losses]
+  if len(bounds) != num_tasks:
+    raise ValueError(f"famo: min_losses has {len(bounds)} values for num_tasks={num_tasks}")
 
   def init(params):
     del params
     logits = jnp.zeros((num_tasks,), jnp.float32)
-    return FAMOState(weights=jnp.full((num_tasks,), 1.0 / num_tasks, jnp.float32),
-                     logits=logits, optimizer_state=optimizer.init(logits),
+    # The bounds live in the state so that a subset of tasks takes its own bounds along.
+    return FAMOState(weights=uniform_weights(num_tasks), logits=logits,
+                     optimizer_state=optimizer.init(logits),
                      previous_losses=jnp.zeros((num_tasks,), jnp.float32),
-                     step=jnp.zeros((), jnp.int32))
+                     seen=jnp.zeros((num_tasks,), bool),
+                     min_losses=jnp.asarray(bounds, jnp.float32))
 
   def weigh(task_losses, state):
-    task_losses = task_losses.astype(jnp.float32)
-    present = present_tasks(task_losses)
-    # The delayed logit step; a task absent now or then has no loss change to report.
-    both = present & present_tasks(state.previous_losses)
-    delta = jnp.where(both, masked_log(state.previous_losses, both)
-                      - masked_log(task_losses, both), 0.0)
+    gaps = jnp.maximum(task_losses.astype(jnp.float32) - state.min_losses, 0.0) + EPS
+    previous_gaps = jnp.maximum(state.previous_losses - state.min_losses, 0.0) + EPS
+    # The delayed logit step; a task without a previous loss has no change to report.
+    delta = jnp.where(state.seen, jnp.log(previous_gaps) - jnp.log(gaps), 0.0)
     z = jax.nn.softmax(state.logits)
     logit_gradient = z * (delta - jnp.dot(z, delta))  # J_softmax^T delta
     updates, stepped_optimizer = optimizer.update(logit_gradient, state.optimizer_state,
                                                   state.logits)
-    has_previous = state.step > 0
+    has_previous = jnp.any(state.seen)
     logits, optimizer_state = jax.tree.map(
         lambda new, old: jnp.where(has_previous, new, old),
         (optax.apply_updates(state.logits, updates), stepped_optimizer),
         (state.logits, state.optimizer_state))
 
-    z = jax.nn.softmax(logits)
-    scaled = jnp.where(present, z / (task_losses + EPS), 0.0)
-    total = jnp.sum(scaled)
-    weights = jnp.where(total > 0, scaled / jnp.where(total > 0, total, 1.0), 0.0)
-    return weights, FAMOState(weights=weights, logits=logits, optimizer_state=optimizer_state,
-                              previous_losses=task_losses, step=state.step + 1)
+    scaled = jax.nn.softmax(logits) / gaps
+    weights = scaled / jnp.sum(scaled)
+    return weights, state._replace(weights=weights, logits=logits,
+                                   optimizer_state=optimizer_state,
+                                   previous_losses=task_losses.astype(jnp.float32),
+                                   seen=jnp.ones((num_tasks,), bool))
 
   return from_loss_weights(init, weigh)
 
@@ -196,7 +207,7 @@ class DBMTLState(NamedTuple):
 
 
 @register("db_mtl", paper="Lin et al. 2023, Dual-Balancing for Multi-Task Learning, "
-          "arXiv:2308.12029")
+          "arXiv:2308.12029", param_shaped_state=True)
 def db_mtl(num_tasks: int, *, beta: float = 0.9, beta_sigma: float = 0.0) -> Balancer:
   """DB-MTL: log losses, then equal gradient magnitudes: ``g = sum_i alpha_i m_i``.
 
@@ -230,7 +241,8 @@ def db_mtl(num_tasks: int, *, beta: float = 0.9, beta_sigma: float = 0.0) -> Bal
 
     buffer = jax.tree.map(mix, state.gradient_buffer, task_grads)
     norms = jnp.sqrt(per_task_sum(jax.tree.map(jnp.square, buffer)))
-    alphas = jnp.max(norms) / (norms + EPS)
+    # Relative epsilon (LibMTL: + 1e-8): the balance must not depend on the gradients scale.
+    alphas = jnp.max(norms) / (norms + EPS * jnp.max(norms))
     grads = jax.tree.map(lambda out, grad: out.astype(grad.dtype),
                          weighted_sum(alphas, buffer), task_grads)
     return grads, DBMTLState(weights=alphas, gradient_buffer=buffer, step=step)
@@ -248,7 +260,8 @@ class ExcessMTLState(NamedTuple):
   initial_excess: jax.Array       # [T] first positive excess-risk estimate (0: none yet)
 
 
-@register("excess_mtl", paper="He et al. 2024, Robust Multi-Task Learning with Excess Risks, ICML")
+@register("excess_mtl", paper="He et al. 2024, Robust Multi-Task Learning with Excess Risks, ICML",
+          param_shaped_state=True)
 def excess_mtl(num_tasks: int, *, robust_step_size: float = 1e-2) -> Balancer:
   """ExcessMTL: multiplicative weights on estimated excess risks, ``g = sum_i w_i g_i``.
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from jmtl.balancers._base import Balancer
 from jmtl.balancers._base import from_gram_weights
-from jmtl.balancers._base import register
+from jmtl.balancers._registry import register
 
 
 _TINY = float(jnp.finfo(jnp.float32).tiny)
@@ -64,11 +64,12 @@ def pcgrad_coefficients(gram: jax.Array, orders: jax.Array) -> jax.Array:
 
 @register("pcgrad", paper="Yu et al. 2020, Gradient Surgery for Multi-Task Learning, NeurIPS")
 def pcgrad(num_tasks: int, *, random_order: bool = True,
-           reduction: Literal["sum", "mean"] = "sum", seed: int = 0) -> Balancer:
+           reduction: Literal["sum", "mean"] = "mean", seed: int = 0) -> Balancer:
   """PCGrad (Yu et al. 2020): project each g_i onto the normal plane of every g_j it conflicts with.
 
   For each task i, visiting the other tasks in a random order, ``g_i' <- g_i' -
-  (g_i' . g_j / |g_j|^2) g_j`` whenever ``g_i' . g_j < 0``; the update is ``sum_i g_i'``.
+  (g_i' . g_j / |g_j|^2) g_j`` whenever ``g_i' . g_j < 0``; the update is ``mean_i g_i'``
+  (jmtl's scale convention: T identical gradients g give g; the paper sums, ``reduction="sum"``).
   Every ``g_i'`` is a linear combination of the original gradients whose coefficients
   follow from ``G = J J^T`` alone, so this is a ``"gram"`` method: the train step can get
   G and do one weighted backward. ``state.weights`` are the exact coefficients, ``sum_i C_i``.
@@ -78,7 +79,7 @@ def pcgrad(num_tasks: int, *, random_order: bool = True,
     random_order: a fresh random order per task and step, from the state's key (paper,
       Algorithm 1); ``False`` visits the other tasks in index order, which is
       deterministic and comparable with other libraries.
-    reduction: ``"sum"`` (paper) or ``"mean"`` of the projected gradients.
+    reduction: ``"mean"`` (jmtl's convention for every method) or ``"sum"`` (paper).
     seed: seed of the PRNG key kept in the state.
   """
   if reduction not in ("sum", "mean"):

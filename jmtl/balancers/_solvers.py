@@ -51,15 +51,23 @@ def normalize_gram(gram: jax.Array) -> tuple[jax.Array, jax.Array]:
 # ---------------------------------------------------------------- simplex projection
 
 
-def project_to_simplex(y: jax.Array) -> jax.Array:
-  """Euclidean projection of ``y [n]`` onto ``{w >= 0, sum w = 1}``.
+def project_to_simplex(y: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+  """Euclidean projection of ``y [n]`` onto ``{w >= 0, sum w = 1}`` (``w_i = 0`` off ``mask``).
 
   The sort-based algorithm of Held et al. (1974) / Duchi et al. (2008): the projection is
-  ``max(y - theta, 0)`` with the threshold theta found from the sorted values.
+  ``max(y - theta, 0)`` with the threshold theta found from the sorted values. With a bool
+  ``mask`` the projection is onto the face of the simplex spanned by the masked entries
+  (all zeros if none is masked).
   """
   n = y.shape[-1]
+  if mask is not None:
+    y = jnp.where(mask, y, -jnp.inf)
+  # The projection ignores a common shift; moving the largest entry to 0 keeps the
+  # cumulative sums exact for huge inputs (the top entry is always in the support).
+  peak = jnp.max(y)
+  y = y - jnp.where(jnp.isfinite(peak), peak, 0.0)
   descending = -jnp.sort(-y)
-  cumulative = jnp.cumsum(descending) - 1.0
+  cumulative = jnp.cumsum(jnp.where(jnp.isfinite(descending), descending, 0.0)) - 1.0
   counts = jnp.arange(1, n + 1, dtype=y.dtype)
   # The support is the longest prefix whose smallest kept value stays above the threshold.
   support = jnp.sum(descending - cumulative / counts > 0)
@@ -72,15 +80,17 @@ def project_to_simplex(y: jax.Array) -> jax.Array:
 
 
 def _min_norm_of_pair(v1v1, v1v2, v2v2):
-  """``argmin_gamma ||gamma v1 + (1 - gamma) v2||^2`` on [0, 1], as in MinNormSolver.
+  """``argmin_gamma ||gamma v1 + (1 - gamma) v2||^2`` on [0, 1]: Sener & Koltun's closed form.
 
-  Returns ``(gamma, cost)``. Like the reference code, a solution at a vertex is reported as
-  ``gamma = 0.999`` or ``0.001`` rather than 1 or 0.
+  Returns ``(gamma, cost)``. A solution at a vertex is exactly 1 or 0: the reference code's
+  ``0.999`` / ``0.001`` there keeps 0.1% of the other vector, which is far longer than the
+  min-norm point when the norms differ by orders of magnitude.
   """
   curvature = v1v1 + v2v2 - 2.0 * v1v2
   gamma = (v2v2 - v1v2) / jnp.where(curvature > 0, curvature, 1.0)
+  gamma = jnp.clip(gamma, 0.0, 1.0)
   cost = v2v2 + gamma * (v1v2 - v2v2)
-  gamma = jnp.where(v1v2 >= v1v1, 0.999, jnp.where(v1v2 >= v2v2, 0.001, gamma))
+  gamma = jnp.where(v1v2 >= v1v1, 1.0, jnp.where(v1v2 >= v2v2, 0.0, gamma))
   cost = jnp.where(v1v2 >= v1v1, v1v1, jnp.where(v1v2 >= v2v2, v2v2, cost))
   return gamma, cost
 
@@ -128,7 +138,13 @@ def min_norm_frank_wolfe(gram: jax.Array, num_iters: int = 250,
     return jnp.where(stopped, weights, new), stopped
 
   weights, _ = lax.fori_loop(0, num_iters, step, (weights, jnp.array(False)))
-  return weights
+  # Frank-Wolfe converges sublinearly, and on badly conditioned Gram matrices 250 steps can
+  # stop ~1e-3 short of the KKT point: an active-set polish from its support finishes the
+  # job exactly (and keeps the Frank-Wolfe answer if that is better).
+  gram_weights = gram @ weights
+  multipliers = gram_weights - weights @ gram_weights
+  weights = _polish_qp(gram, jnp.zeros((n,), jnp.float32), weights, multipliers, simplex=True)
+  return project_to_simplex(weights)
 
 
 # ---------------------------------------------------------------- interior point
@@ -223,7 +239,8 @@ def _solve_on_face(hessian, rhs, free, simplex):
   if not simplex:
     return jnp.linalg.solve(reduced, rhs), jnp.zeros(rhs.shape[1:], jnp.float32)
   column = free.astype(jnp.float32)
-  system = jnp.block([[reduced, -column[:, None]], [column[None, :], jnp.zeros((1, 1))]])
+  corner = jnp.zeros((1, 1), jnp.float32)  # float32 under jax_enable_x64 too (scan carries)
+  system = jnp.block([[reduced, -column[:, None]], [column[None, :], corner]])
   simplex_row = jnp.zeros((1, rhs.shape[1]), jnp.float32).at[0, 0].set(1.0)
   solution = jnp.linalg.solve(system, jnp.concatenate([rhs, simplex_row]))
   return solution[:n], solution[n]
@@ -420,14 +437,14 @@ def cagrad_dual(gram: jax.Array, linear: jax.Array, radius: jax.Array, *,
 # ---------------------------------------------------------------- G w = w^(-1/alpha)
 
 
-def _alpha_fair_newton(gram, w0, power, num_iters):
-  """Damped Newton for ``gram w = w^(-power)`` from ``w0 > 0`` (see `alpha_fair_weights`)."""
+def _alpha_fair_newton(gram, w0, power, num_iters, coefficients=1.0):
+  """Damped Newton for ``gram w = c w^(-power)`` from ``w0 > 0`` (see `alpha_fair_weights`)."""
   def gradient(w):
-    return gram @ w - w**(-power)
+    return gram @ w - coefficients * w**(-power)
 
   def newton_step(_, w):
     grad = gradient(w)
-    hessian = gram + jnp.diag(power * w**(-power - 1.0))
+    hessian = gram + jnp.diag(power * coefficients * w**(-power - 1.0))
     delta = -jnp.linalg.solve(hessian, grad)
     trials = _max_step(w, delta, _FRACTION_TO_BOUNDARY) * 0.5**jnp.arange(
         _NUM_TRIAL_STEPS, dtype=jnp.float32)
@@ -475,12 +492,19 @@ def alpha_fair_weights(gram: jax.Array, alpha: float | jax.Array = 1.0, *, ridge
   normalized, scale = normalize_gram(gram)
   n = normalized.shape[0]
   power = 1.0 / alpha
-  ridged = normalized + ridge * jnp.eye(n, dtype=jnp.float32)
+  # Solved on unit gradients: with G = N C N (N the norms, C the cosines) and b = N w the
+  # system is C b = N^(power - 1) b^(-power), whose matrix has entries in [-1, 1] however
+  # far apart the norms are (norm spreads of 1e4 make G itself hopeless in float32).
+  norms = jnp.sqrt(jnp.maximum(jnp.diagonal(normalized), 0.0))
+  norms = jnp.where(norms > 1e-12 * jnp.max(norms), norms, 1.0)  # zero rows: the ridge copes
+  cosines = normalized / norms[:, None] / norms[None, :]
+  coefficients = norms**(power - 1.0)
+  ridged = cosines + ridge * jnp.eye(n, dtype=jnp.float32)
   # Exact when the gradients are orthogonal, and on the right scale otherwise.
-  w0 = jnp.diagonal(ridged)**(-alpha / (1.0 + alpha))
-  w_ridge = _alpha_fair_newton(ridged, w0, power, num_iters)
-  w_exact = _alpha_fair_newton(normalized, w_ridge, power, num_polish_iters)
-  relative_residual = jnp.max(jnp.abs((normalized @ w_exact) * w_exact**power - 1.0))
+  b0 = (coefficients / jnp.diagonal(ridged))**(alpha / (1.0 + alpha))
+  b_ridge = _alpha_fair_newton(ridged, b0, power, num_iters, coefficients)
+  b_exact = _alpha_fair_newton(cosines, b_ridge, power, num_polish_iters, coefficients)
+  relative_residual = jnp.max(jnp.abs((cosines @ b_exact) * b_exact**power / coefficients - 1.0))
   solved = jnp.isfinite(relative_residual) & (relative_residual < 1e-4)
-  w = jnp.where(solved, w_exact, w_ridge)
+  w = jnp.where(solved, b_exact, b_ridge) / norms
   return w * scale**(-alpha / (1.0 + alpha))

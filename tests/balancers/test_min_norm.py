@@ -70,7 +70,8 @@ def test_mgda_matches_paper_code(num_tasks, solver):
   for seed in range(3):
     jacobian = random_jacobian(num_tasks, seed=seed)
     grads, state = run_update("mgda", jacobian, solver=solver)
-    assert_update_matches(grads, state, *mgda_reference(jacobian, None, solver, "none"))
+    # Both solvers reach the min-norm point (Frank-Wolfe is polished to it).
+    assert_update_matches(grads, state, *mgda_reference(jacobian, None, "exact", "none"))
 
 
 @pytest.mark.parametrize("normalization", ["l2", "loss", "loss+"])
