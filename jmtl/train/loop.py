@@ -109,7 +109,10 @@ def build_model(config: ml_collections.ConfigDict, suite, tasks) -> MultiTaskMod
                           num_heads=m.num_heads, mlp_width=m.mlp_width,
                           max_length=max(suite.buckets), dropout=m.dropout,
                           attention_dropout=m.attention_dropout, pooled_width=m.pooled_width)
-  return MultiTaskModel(encoder, tasks, head_hidden=m.head_hidden)
+  # Declared, not guessed: a multi-input suite feeds one batch per task only with
+  # data.sampler="all"; a mixture sampler draws one same-input batch of mixed rows.
+  layout = suite.layout if config.data.sampler == "all" else "same_input"
+  return MultiTaskModel(encoder, tasks, head_hidden=m.head_hidden, layout=layout)
 
 
 def train_iterator(config: ml_collections.ConfigDict, suite, tasks):
@@ -143,7 +146,7 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
   optimizer = build_optimizer(config, config.train.steps)
   examples, restrict = train_iterator(config, suite, tasks)
   example = restrict(next(examples))
-  if config.grad_mode == "rep" and "input_ids" not in example:
+  if config.grad_mode == "rep" and model.layout == "multi_input":
     raise ConfigError(
         f"grad_mode='rep' needs one shared input per step, but suite {suite.name!r} is "
         f"multi_input with data.sampler='all' (one batch per task): pick a mixture sampler "
@@ -151,7 +154,7 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
   rep_shapes = None  # rep-grad balancers keep state shaped like the shared representation
   if config.grad_mode == "rep" and balancer.needs != "losses":
     rep_shapes = jax.eval_shape(lambda b: model.encode(
-        model.init(jax.random.PRNGKey(0), b)["encoder"], b), example)
+        model.init(jax.random.PRNGKey(0), b)[model.shared_key], b), example)
   create_state = lambda: create_train_state(model, balancer, optimizer, example, config.seed,
                                             balancer_params=rep_shapes)
   return Experiment(suite, tasks, model, balancer, optimizer, create_state)
