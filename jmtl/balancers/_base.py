@@ -1,4 +1,4 @@
-"""The balancer contract, shared helpers, and the registry.
+"""The balancer contract and the helpers every method shares (the registry is `_registry`).
 
 A balancer is an optax-style pair of pure functions::
 
@@ -25,8 +25,7 @@ can be used (and tested) on its own.
 
 from __future__ import annotations
 
-import difflib
-import inspect
+import warnings
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
@@ -41,10 +40,42 @@ EPS = 1e-8
 
 
 class Balancer(NamedTuple):
+  """An optax-style pair ``(init, update)`` plus what the train step must compute.
+
+  ``update(task_grads, state, params=None, *, task_losses=None, present=None)`` always
+  works on per-task gradients. ``weigh_losses(task_losses, state, *, present=None)`` is set
+  for ``needs == "losses"`` and ``weigh_gram(gram, state, *, task_losses=None,
+  present=None)`` for ``needs == "gram"``; both return ``(weights [T], state)`` and the
+  combined gradient is ``sum_i weights_i g_i``. ``present`` is a bool ``[T]`` (None: every
+  task): an absent task is left out of balancing for the step (see `_presence`).
+  """
   init: Callable[[PyTree], NamedTuple]
   update: Callable[..., tuple[PyTree, NamedTuple]]
   needs: Needs = "jacobian"
-  weigh: Callable[..., tuple[jax.Array, NamedTuple]] | None = None
+  weigh_losses: Callable[..., tuple[jax.Array, NamedTuple]] | None = None
+  weigh_gram: Callable[..., tuple[jax.Array, NamedTuple]] | None = None
+
+  @property
+  def weigh(self) -> Callable[..., tuple[jax.Array, NamedTuple]] | None:
+    """Deprecated: ``weigh_losses`` or ``weigh_gram``, whichever ``needs`` sets."""
+    warnings.warn("Balancer.weigh is deprecated: use weigh_losses (needs='losses') or "
+                  "weigh_gram (needs='gram')", DeprecationWarning, stacklevel=2)
+    return self.weigh_losses if self.weigh_losses is not None else self.weigh_gram
+
+
+def uniform_weights(num_tasks: int, value: float | None = None) -> jax.Array:
+  """``[T]`` float32 weights all equal to ``value`` (default 1/T): every method's start."""
+  return jnp.full((num_tasks,), 1.0 / num_tasks if value is None else value, jnp.float32)
+
+
+def applied_weights(state: NamedTuple) -> jax.Array | None:
+  """The ``[T]`` weights a method applied on its last update, or None if it has none.
+
+  Every balancer state that has such weights declares them as its ``weights`` field (0 for
+  tasks absent from that update); methods that are not a weighting (trimmed mean, GradDrop)
+  have no such field.
+  """
+  return state.weights if "weights" in getattr(type(state), "_fields", ()) else None
 
 
 # ---------------------------------------------------------------- pytree <-> matrix
@@ -124,68 +155,39 @@ def weighted_sum(weights: jax.Array, task_grads: PyTree, rows=None) -> PyTree:
 # ---------------------------------------------------------------- builders
 
 
-def from_loss_weights(init, weigh) -> Balancer:
-  """A ``"losses"`` balancer from ``weigh(task_losses, state) -> (weights, state)``."""
-  def update(task_grads, state, params=None, *, task_losses):
-    del params
-    weights, state = weigh(task_losses, state)
-    return weighted_sum(weights, task_grads), state
-  return Balancer(init=init, update=update, needs="losses", weigh=weigh)
+def _no_presence(present):
+  if present is not None:
+    raise ValueError("this balancer was built by from_loss_weights / from_gram_weights outside "
+                     "the registry and cannot leave absent tasks out: wrap its factory with "
+                     "jmtl.balancers.with_presence(make, num_tasks)")
 
 
-def from_gram_weights(init, weigh) -> Balancer:
-  """A ``"gram"`` balancer from ``weigh(gram, state, *, task_losses) -> (weights, state)``."""
-  def update(task_grads, state, params=None, *, task_losses=None):
-    del params
-    weights, state = weigh(gram_matrix(task_grads), state, task_losses=task_losses)
-    return weighted_sum(weights, task_grads), state
-  return Balancer(init=init, update=update, needs="gram", weigh=weigh)
+def from_loss_weights(init, weigh_losses) -> Balancer:
+  """A ``"losses"`` balancer from ``weigh_losses(task_losses, state) -> (weights, state)``.
 
-
-# ---------------------------------------------------------------- registry
-
-_REGISTRY: dict[str, Callable[..., Balancer]] = {}
-_PAPERS: dict[str, str] = {}
-
-
-def register(name: str, paper: str):
-  """Registers a factory ``f(num_tasks, **hparams) -> Balancer`` under ``name``."""
-  def decorator(factory):
-    if name in _REGISTRY:
-      raise ValueError(f"balancer {name!r} registered twice")
-    _REGISTRY[name] = factory
-    _PAPERS[name] = paper
-    return factory
-  return decorator
-
-
-def names() -> tuple[str, ...]:
-  """Every registered balancer name, sorted."""
-  return tuple(sorted(_REGISTRY))
-
-
-def papers() -> dict[str, str]:
-  """``{name: paper}`` for every registered balancer."""
-  return dict(sorted(_PAPERS.items()))
-
-
-def get(name: str, num_tasks: int, **hparams) -> Balancer:
-  """The balancer registered as ``name``, built with ``hparams``.
-
-  Raises:
-    KeyError: unknown name; the message lists the valid names.
-    TypeError: an hparam the method does not take.
+  ``weigh_losses`` sees every task; absent tasks are handled by `with_presence`, which the
+  registry applies to every registered factory.
   """
-  if name not in _REGISTRY:
-    close = difflib.get_close_matches(name, _REGISTRY, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise KeyError(f"unknown balancer {name!r}.{hint} Valid names: {', '.join(names())}")
-  factory = _REGISTRY[name]
-  try:
-    inspect.signature(factory).bind(num_tasks, **hparams)
-  except TypeError:
-    valid = [p for p in inspect.signature(factory).parameters if p != "num_tasks"]
-    bad = sorted(set(hparams) - set(valid))
-    raise TypeError(
-        f"balancer {name!r} does not take {bad or hparams}; its hyperparameters: {valid}") from None
-  return factory(num_tasks, **hparams)
+  def weigh(task_losses, state, *, present=None):
+    _no_presence(present)
+    return weigh_losses(task_losses, state)
+
+  def update(task_grads, state, params=None, *, task_losses, present=None):
+    del params
+    weights, state = weigh(task_losses, state, present=present)
+    return weighted_sum(weights, task_grads), state
+  return Balancer(init=init, update=update, needs="losses", weigh_losses=weigh)
+
+
+def from_gram_weights(init, weigh_gram) -> Balancer:
+  """A ``"gram"`` balancer from ``weigh_gram(gram, state, *, task_losses) -> (weights, state)``."""
+  def weigh(gram, state, *, task_losses=None, present=None):
+    _no_presence(present)
+    return weigh_gram(gram, state, task_losses=task_losses)
+
+  def update(task_grads, state, params=None, *, task_losses=None, present=None):
+    del params
+    weights, state = weigh(gram_matrix(task_grads), state, task_losses=task_losses,
+                           present=present)
+    return weighted_sum(weights, task_grads), state
+  return Balancer(init=init, update=update, needs="gram", weigh_gram=weigh)

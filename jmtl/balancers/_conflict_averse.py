@@ -18,7 +18,8 @@ from jax import lax
 from jmtl.balancers import _solvers
 from jmtl.balancers._base import Balancer
 from jmtl.balancers._base import from_gram_weights
-from jmtl.balancers._base import register
+from jmtl.balancers._base import uniform_weights
+from jmtl.balancers._registry import register
 
 # Below this norm (relative to the Jacobian's Frobenius norm) a combination of gradients is
 # float32 noise when computed from a Gram matrix: sqrt of the entries' round-off.
@@ -45,10 +46,6 @@ class AlignedMTLState(NamedTuple):
 
 class FairGradState(NamedTuple):
   weights: jax.Array  # [T], weights of the last update
-
-
-def _initial_weights(num_tasks: int) -> jax.Array:
-  return jnp.full((num_tasks,), 1.0 / num_tasks, jnp.float32)
 
 
 @register("cagrad", paper="Liu et al. 2021, Conflict-Averse Gradient Descent for Multi-task "
@@ -80,7 +77,7 @@ def cagrad(num_tasks: int, *, c: float = 0.4, rescale: int = 1) -> Balancer:
 
   def init(params):
     del params
-    return CAGradState(weights=_initial_weights(num_tasks))
+    return CAGradState(weights=uniform_weights(num_tasks))
 
   def weigh(gram, state, *, task_losses=None):
     del state, task_losses
@@ -114,7 +111,7 @@ def imtl_g(num_tasks: int) -> Balancer:
   """
   def init(params):
     del params
-    return IMTLGState(weights=_initial_weights(num_tasks))
+    return IMTLGState(weights=uniform_weights(num_tasks))
 
   def weigh(gram, state, *, task_losses=None):
     del state, task_losses
@@ -233,7 +230,7 @@ def aligned_mtl(num_tasks: int, *, scale_mode: str = "min") -> Balancer:
 
   def init(params):
     del params
-    return AlignedMTLState(weights=_initial_weights(num_tasks))
+    return AlignedMTLState(weights=uniform_weights(num_tasks))
 
   def weigh(gram, state, *, task_losses=None):
     del state, task_losses
@@ -265,7 +262,7 @@ def fairgrad(num_tasks: int, *, alpha: float = 1.0) -> Balancer:
 
   def init(params):
     del params
-    return FairGradState(weights=_initial_weights(num_tasks))
+    return FairGradState(weights=uniform_weights(num_tasks))
 
   def weigh(gram, state, *, task_losses=None):
     del state, task_losses

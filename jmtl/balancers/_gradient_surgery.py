@@ -23,12 +23,10 @@ from jmtl.balancers._base import PyTree
 from jmtl.balancers._base import from_gram_weights
 from jmtl.balancers._base import gram_matrix
 from jmtl.balancers._base import num_tasks_of
-from jmtl.balancers._base import register
+from jmtl.balancers._registry import register
+from jmtl.balancers._base import uniform_weights
 from jmtl.balancers._base import weighted_sum
-
-
-def _nominal_weights(num_tasks: int, value: float) -> jax.Array:
-  return jnp.full((num_tasks,), value, jnp.float32)
+from jmtl.balancers._solvers import project_to_simplex
 
 
 def _check_task_axis(task_grads, num_tasks: int, method: str) -> None:
@@ -47,21 +45,6 @@ def _scale_rows(factors: jax.Array, task_grads):
   """Scales task i's gradient by ``factors[i]``, keeping the task axis."""
   return jax.tree.map(
       lambda g: g * factors.reshape((-1,) + (1,) * (g.ndim - 1)).astype(g.dtype), task_grads)
-
-
-def project_to_simplex(vector: jax.Array) -> jax.Array:
-  """Euclidean projection onto the probability simplex (Duchi et al. 2008, sort based)."""
-  size = vector.shape[0]
-  # The projection ignores a common shift; shifting the largest entry to 0 keeps the
-  # cumulative sums exact enough for huge inputs (the top entry always stays in the support).
-  vector = vector - jnp.max(vector)
-  descending = jnp.sort(vector)[::-1]
-  cumulative = jnp.cumsum(descending) - 1.0
-  ranks = jnp.arange(1, size + 1, dtype=vector.dtype)
-  # The support condition holds on a prefix of the sorted entries.
-  support = jnp.maximum(jnp.sum(descending - cumulative / ranks > 0), 1)
-  threshold = cumulative[support - 1] / support.astype(vector.dtype)
-  return jnp.maximum(vector - threshold, 0.0)
 
 
 # ---------------------------------------------------------------- GradVac
@@ -145,7 +128,7 @@ def gradvac(num_tasks: int, *, beta: float = 0.01, granularity: str = "whole",
     return GradVacState(
         targets=jnp.zeros((groups, num_tasks, num_tasks), jnp.float32),
         key=jax.random.PRNGKey(seed),
-        weights=_nominal_weights(num_tasks, 1.0))
+        weights=uniform_weights(num_tasks, 1.0))
 
   def next_orders(state):
     key, step_key = jax.random.split(state.key)
@@ -186,7 +169,7 @@ class GradDropState(NamedTuple):
 
 
 @register("graddrop", paper="Chen et al. 2020, Just Pick a Sign: Optimizing Deep Multitask "
-          "Models with Gradient Sign Dropout, NeurIPS")
+          "Models with Gradient Sign Dropout, NeurIPS", handles_presence=True)
 def graddrop(num_tasks: int, *, leak: float | Sequence[float] = 0.0, seed: int = 0) -> Balancer:
   """Gradient sign dropout: per coordinate, keep one sign with probability its purity.
 
@@ -196,6 +179,9 @@ def graddrop(num_tasks: int, *, leak: float | Sequence[float] = 0.0, seed: int =
   does, rather than to activations with the batch-sign trick of the paper. Each step draws
   ``U`` for leaf k from ``split(step_key, num_leaves)[k]``, with
   ``_, step_key = split(state.key)``.
+
+  An absent task's gradient is replaced by zeros, which is exact: a zero row changes
+  neither the purity P nor the sum (the per-task ``leak`` cannot be rebuilt for a subset).
 
   Args:
     num_tasks: T.
@@ -209,7 +195,7 @@ def graddrop(num_tasks: int, *, leak: float | Sequence[float] = 0.0, seed: int =
 
   def init(params):
     del params
-    return GradDropState(key=jax.random.PRNGKey(seed), weights=_nominal_weights(num_tasks, 1.0))
+    return GradDropState(key=jax.random.PRNGKey(seed), weights=uniform_weights(num_tasks, 1.0))
 
   def drop(leaf, uniform):
     grads = leaf.astype(jnp.float32)
@@ -218,14 +204,18 @@ def graddrop(num_tasks: int, *, leak: float | Sequence[float] = 0.0, seed: int =
     task_leak = leak.reshape((num_tasks,) + (1,) * (grads.ndim - 1))
     return jnp.sum((task_leak + (1.0 - task_leak) * keep) * grads, axis=0).astype(leaf.dtype)
 
-  def update(task_grads, state, params=None, *, task_losses=None):
+  def update(task_grads, state, params=None, *, task_losses=None, present=None):
     del params, task_losses
     _check_task_axis(task_grads, num_tasks, "graddrop")
+    if present is not None:
+      task_grads = _scale_rows(jnp.asarray(present, jnp.float32), task_grads)
     leaves, treedef = jax.tree.flatten(task_grads)
     key, step_key = jax.random.split(state.key)
     leaf_keys = jax.random.split(step_key, len(leaves))
     out = [drop(leaf, jax.random.uniform(k, leaf.shape[1:])) for leaf, k in zip(leaves, leaf_keys)]
-    return jax.tree.unflatten(treedef, out), state._replace(key=key)
+    weights = jnp.ones((num_tasks,), jnp.float32) if present is None else jnp.asarray(
+        present, jnp.float32)
+    return jax.tree.unflatten(treedef, out), state._replace(key=key, weights=weights)
 
   return Balancer(init=init, update=update, needs="jacobian")
 
@@ -249,7 +239,7 @@ def config(num_tasks: int) -> Balancer:
 
   def init(params):
     del params
-    return ConFIGState(weights=_nominal_weights(num_tasks, 1.0))
+    return ConFIGState(weights=uniform_weights(num_tasks, 1.0))
 
   def weigh(gram, state, *, task_losses=None):
     del task_losses, state
@@ -273,11 +263,12 @@ def config(num_tasks: int) -> Balancer:
 class MoCoState(NamedTuple):
   tracked_grads: PyTree  # [T, ...params]: y_i
   count: jax.Array
-  weights: jax.Array  # [T] lambda on the simplex: the output is sum_i lambda_i y_i
+  lambdas: jax.Array  # [T] lambda on the simplex, the iterate of the next update
+  weights: jax.Array  # [T] lambda applied by the last update: the output is sum_i lambda_i y_i
 
 
 @register("moco", paper="Fernando et al. 2023, Mitigating Gradient Bias in Multi-objective "
-          "Learning: A Provably Convergent Approach, ICLR")
+          "Learning: A Provably Convergent Approach, ICLR", param_shaped_state=True)
 def moco(num_tasks: int, *, beta: float = 0.5, beta_decay: float = 0.5, gamma: float = 0.1,
          gamma_decay: float = 0.5, rho: float = 0.0, normalize_by_loss: bool = False) -> Balancer:
   """MoCo: tracked per-task gradients y and simplex weights lambda.
@@ -300,7 +291,7 @@ def moco(num_tasks: int, *, beta: float = 0.5, beta_decay: float = 0.5, gamma: f
   def init(params):
     tracked = jax.tree.map(lambda p: jnp.zeros((num_tasks, *jnp.shape(p)), jnp.float32), params)
     return MoCoState(tracked_grads=tracked, count=jnp.zeros((), jnp.int32),
-                     weights=_nominal_weights(num_tasks, 1.0 / num_tasks))
+                     lambdas=uniform_weights(num_tasks), weights=uniform_weights(num_tasks))
 
   def update(task_grads, state, params=None, *, task_losses=None):
     del params
@@ -318,10 +309,11 @@ def moco(num_tasks: int, *, beta: float = 0.5, beta_decay: float = 0.5, gamma: f
     gamma_k = gamma / step**gamma_decay
     tracked = jax.tree.map(lambda y, g: y - beta_k * (y - g), state.tracked_grads, grads)
     curvature = gram_matrix(tracked) + rho * jnp.eye(num_tasks, dtype=jnp.float32)
-    weights = project_to_simplex(state.weights - gamma_k * curvature @ state.weights)
+    weights = project_to_simplex(state.lambdas - gamma_k * curvature @ state.lambdas)
     combined = jax.tree.map(
         lambda y, g: jnp.tensordot(weights, y, axes=1).astype(g.dtype), tracked, task_grads)
-    return combined, MoCoState(tracked_grads=tracked, count=count, weights=weights)
+    return combined, MoCoState(tracked_grads=tracked, count=count, lambdas=weights,
+                               weights=weights)
 
   return Balancer(init=init, update=update, needs="jacobian")
 
@@ -358,7 +350,7 @@ def sdmgrad(num_tasks: int, *, lam: float = 0.3, num_iterations: int = 20,
 
   def init(params):
     del params
-    uniform = _nominal_weights(num_tasks, 1.0 / num_tasks)
+    uniform = uniform_weights(num_tasks)
     return SDMGradState(simplex_weights=uniform, weights=uniform)
 
   def weigh(gram, state, *, task_losses=None):
@@ -414,7 +406,7 @@ def krum(num_tasks: int, *, n_byzantine: int = 0, n_selected: int = 1) -> Balanc
 
   def init(params):
     del params
-    return KrumState(weights=_nominal_weights(num_tasks, 1.0 / num_tasks))
+    return KrumState(weights=uniform_weights(num_tasks))
 
   def weigh(gram, state, *, task_losses=None):
     del task_losses, state
@@ -454,7 +446,7 @@ def trimmed_mean(num_tasks: int, *, trim_number: int = 1) -> Balancer:
 
   def init(params):
     del params
-    return TrimmedMeanState(weights=_nominal_weights(num_tasks, 1.0 / num_tasks))
+    return TrimmedMeanState(weights=uniform_weights(num_tasks))
 
   def trim(leaf):
     ordered = jnp.sort(leaf.astype(jnp.float32), axis=0)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -12,40 +12,50 @@ import optax
 from jmtl.balancers._base import EPS
 from jmtl.balancers._base import Balancer
 from jmtl.balancers._base import gram_matrix
-from jmtl.balancers._base import register
+from jmtl.balancers._registry import register
 from jmtl.balancers._base import weighted_sum
 
 PyTree = Any
 
 
 class GradNormState(NamedTuple):
-  weights: jax.Array          # [T] w(t+1): the weights the NEXT update applies; sum to T
-  initial_losses: jax.Array   # [T] L_i(0), captured by the first update
-  step: jax.Array             # int32, updates done so far
+  weights: jax.Array          # [T] w(t): the weights the last update applied
+  task_weights: jax.Array     # [T] w(t+1): the learned weights the NEXT update applies; sum to T
+  initial_losses: jax.Array   # [T] L_i(0), captured by each task's first update
+  seen: jax.Array             # [T] bool, whether L_i(0) has been captured
   optimizer_state: optax.OptState  # of the weight optimiser (Adam or SGD)
 
 
-def last_layer(task_grads: PyTree) -> PyTree:
-  """The gradients of the last shared layer: GradNorm's W.
+def parameter_paths(tree: PyTree) -> list[str]:
+  """Every "/"-joined path of ``tree``'s nested mappings, nodes and leaves, in sorted order."""
+  paths = []
 
-  In a nested dict (e.g. Flax params, in creation order) descends into the LAST key at
-  each level until the last value is not a dict, and returns that level's array entries
-  (e.g. ``{"kernel": ..., "bias": ...}`` of the last Dense). Lists and tuples descend into
-  their last element. An array is returned whole.
+  def visit(node, prefix):
+    if isinstance(node, Mapping):
+      for key in sorted(node):
+        path = f"{prefix}/{key}" if prefix else str(key)
+        paths.append(path)
+        visit(node[key], path)
+
+  visit(tree, "")
+  return paths
+
+
+def select_layer(task_grads: PyTree, layer: str | None) -> PyTree:
+  """The sub-pytree of ``task_grads`` at the "/"-separated path ``layer`` (None: all of it).
+
+  Raises:
+    ValueError: no such path; the message lists the paths there are.
   """
+  if layer is None:
+    return task_grads
   node = task_grads
-  while True:
-    if isinstance(node, Mapping) and node:
-      last = node[list(node)[-1]]
-      if isinstance(last, Mapping | list | tuple):
-        node = last
-        continue
-      return {key: value for key, value in node.items()
-              if not isinstance(value, Mapping | list | tuple)}
-    if isinstance(node, list | tuple) and node and not hasattr(node, "_fields"):
-      node = node[-1]
-      continue
-    return node
+  for key in layer.split("/"):
+    if not isinstance(node, Mapping) or key not in node:
+      raise ValueError(f"gradnorm layer={layer!r} is not a path of the gradients it balances; "
+                       f"available paths: {', '.join(parameter_paths(task_grads)) or '(none)'}")
+    node = node[key]
+  return node
 
 
 def gradnorm_weight_gradient(weights: jax.Array, grad_norms: jax.Array, task_losses: jax.Array,
@@ -67,15 +77,15 @@ def gradnorm_weight_gradient(weights: jax.Array, grad_norms: jax.Array, task_los
 @register("gradnorm", paper="Chen et al. 2018, GradNorm: Gradient Normalization for Adaptive "
           "Loss Balancing in Deep Multitask Networks, ICML")
 def gradnorm(num_tasks: int, *, alpha: float = 1.5, lr: float = 0.025,
-             optimizer: Literal["adam", "sgd"] = "adam",
-             layer: Callable[[PyTree], PyTree] = last_layer,
+             optimizer: Literal["adam", "sgd"] = "adam", layer: str | None = None,
              min_weight: float = 1e-4) -> Balancer:
   """GradNorm (Chen et al. 2018): ``g = sum_i w_i(t) g_i``, then one optimiser step on w.
 
   The weights are pushed so that every task's gradient norm on the last shared layer W,
   ``||grad_W w_i L_i||``, approaches the mean norm times ``r_i^alpha`` (``r_i``: the task's
   inverse training rate relative to L_i(0)), then renormalised to sum to T.
-  ``state.weights`` holds w(t+1), the weights the next update applies.
+  ``state.weights`` holds w(t) (applied), ``state.task_weights`` w(t+1). With the mean
+  convention of every method the update is ``sum_i (w_i / T) g_i``.
 
   Args:
     num_tasks: T.
@@ -84,7 +94,10 @@ def gradnorm(num_tasks: int, *, alpha: float = 1.5, lr: float = 0.025,
     optimizer: ``"adam"`` (``optax.adam(lr)``, as the reference implementations, which
       train w with the model's Adam; insensitive to the gradients' scale) or ``"sgd"``
       (plain step ``w - lr * dL_grad/dw``).
-    layer: selects W's sub-pytree of ``task_grads`` (leaves keep the task axis).
+    layer: W as a "/"-separated path into the gradients it receives (e.g.
+      ``"encoder/final_norm"``, the model's declared last shared layer, which the runner
+      passes); None: all of them (standalone use on a ``[T, d]`` array). Chosen by name,
+      never by dict order (jit returns dicts with sorted keys).
     min_weight: floor applied before renormalising, so a weight can never reach zero or
       flip sign on an overshooting step (not in the paper; inactive while w_i > floor).
   """
@@ -94,29 +107,34 @@ def gradnorm(num_tasks: int, *, alpha: float = 1.5, lr: float = 0.025,
     weight_optimizer = optax.sgd(lr)
   else:
     raise ValueError(f"gradnorm: optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+  if layer is not None and not isinstance(layer, str):
+    raise TypeError(f"gradnorm: layer must be a '/'-separated path string or None, got {layer!r}")
 
   def init(params):
     del params
     weights = jnp.ones((num_tasks,), jnp.float32)
-    return GradNormState(weights=weights, initial_losses=jnp.ones((num_tasks,), jnp.float32),
-                         step=jnp.zeros((), jnp.int32),
+    return GradNormState(weights=weights / num_tasks, task_weights=weights,
+                         initial_losses=jnp.ones((num_tasks,), jnp.float32),
+                         seen=jnp.zeros((num_tasks,), bool),
                          optimizer_state=weight_optimizer.init(weights))
 
   def update(task_grads, state, params=None, *, task_losses):
     del params
     task_losses = jnp.asarray(task_losses, jnp.float32)
-    initial_losses = jnp.where(state.step == 0, task_losses, state.initial_losses)
-    grads = weighted_sum(state.weights, task_grads)
+    initial_losses = jnp.where(state.seen, state.initial_losses, task_losses)
+    applied = state.task_weights / num_tasks
+    grads = weighted_sum(applied, task_grads)
 
-    grad_norms = jnp.sqrt(jnp.maximum(jnp.diag(gram_matrix(layer(task_grads))), 0.0))
+    grad_norms = jnp.sqrt(jnp.maximum(jnp.diag(gram_matrix(select_layer(task_grads, layer))), 0.0))
     weight_grad = gradnorm_weight_gradient(
-        state.weights, grad_norms, task_losses, initial_losses, alpha)
+        state.task_weights, grad_norms, task_losses, initial_losses, alpha)
     steps, optimizer_state = weight_optimizer.update(
-        weight_grad, state.optimizer_state, state.weights)
-    weights = jnp.maximum(optax.apply_updates(state.weights, steps), min_weight)
+        weight_grad, state.optimizer_state, state.task_weights)
+    weights = jnp.maximum(optax.apply_updates(state.task_weights, steps), min_weight)
     weights = (num_tasks * weights / jnp.sum(weights)).astype(jnp.float32)
 
-    return grads, GradNormState(weights=weights, initial_losses=initial_losses,
-                                step=state.step + 1, optimizer_state=optimizer_state)
+    return grads, GradNormState(weights=applied, task_weights=weights,
+                                initial_losses=initial_losses,
+                                seen=jnp.ones((num_tasks,), bool), optimizer_state=optimizer_state)
 
   return Balancer(init=init, update=update, needs="jacobian")

@@ -16,8 +16,9 @@ import optax
 
 from jmtl.balancers._base import EPS
 from jmtl.balancers._base import Balancer
+from jmtl.balancers._base import uniform_weights
 from jmtl.balancers._base import from_loss_weights
-from jmtl.balancers._base import register
+from jmtl.balancers._registry import register
 from jmtl.balancers._base import weighted_sum
 from jmtl.balancers._loss_weighting import masked_log
 from jmtl.balancers._loss_weighting import present_tasks
@@ -154,7 +155,7 @@ def famo(num_tasks: int, *, w_lr: float = 0.025, gamma: float = 1e-3) -> Balance
   def init(params):
     del params
     logits = jnp.zeros((num_tasks,), jnp.float32)
-    return FAMOState(weights=jnp.full((num_tasks,), 1.0 / num_tasks, jnp.float32),
+    return FAMOState(weights=uniform_weights(num_tasks),
                      logits=logits, optimizer_state=optimizer.init(logits),
                      previous_losses=jnp.zeros((num_tasks,), jnp.float32),
                      step=jnp.zeros((), jnp.int32))
@@ -196,7 +197,7 @@ class DBMTLState(NamedTuple):
 
 
 @register("db_mtl", paper="Lin et al. 2023, Dual-Balancing for Multi-Task Learning, "
-          "arXiv:2308.12029")
+          "arXiv:2308.12029", param_shaped_state=True)
 def db_mtl(num_tasks: int, *, beta: float = 0.9, beta_sigma: float = 0.0) -> Balancer:
   """DB-MTL: log losses, then equal gradient magnitudes: ``g = sum_i alpha_i m_i``.
 
@@ -248,7 +249,8 @@ class ExcessMTLState(NamedTuple):
   initial_excess: jax.Array       # [T] first positive excess-risk estimate (0: none yet)
 
 
-@register("excess_mtl", paper="He et al. 2024, Robust Multi-Task Learning with Excess Risks, ICML")
+@register("excess_mtl", paper="He et al. 2024, Robust Multi-Task Learning with Excess Risks, ICML",
+          param_shaped_state=True)
 def excess_mtl(num_tasks: int, *, robust_step_size: float = 1e-2) -> Balancer:
   """ExcessMTL: multiplicative weights on estimated excess risks, ``g = sum_i w_i g_i``.
 

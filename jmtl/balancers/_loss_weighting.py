@@ -18,8 +18,9 @@ import optax
 
 from jmtl.balancers._base import EPS
 from jmtl.balancers._base import Balancer
+from jmtl.balancers._base import uniform_weights
 from jmtl.balancers._base import from_loss_weights
-from jmtl.balancers._base import register
+from jmtl.balancers._registry import register
 
 
 def present_tasks(task_losses: jax.Array) -> jax.Array:
@@ -205,7 +206,7 @@ def rlw(num_tasks: int, *, seed: int = 0) -> Balancer:
   """
   def init(params):
     del params
-    return RLWState(weights=jnp.full((num_tasks,), 1.0 / num_tasks, jnp.float32),
+    return RLWState(weights=uniform_weights(num_tasks),
                     key=jax.random.PRNGKey(seed))
 
   def weigh(task_losses, state):
@@ -239,7 +240,7 @@ def gls(num_tasks: int) -> Balancer:
   """
   def init(params):
     del params
-    return GLSState(weights=jnp.full((num_tasks,), 1.0 / num_tasks, jnp.float32))
+    return GLSState(weights=uniform_weights(num_tasks))
 
   def weigh(task_losses, state):
     del state

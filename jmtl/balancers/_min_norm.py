@@ -17,7 +17,8 @@ import jax.numpy as jnp
 from jmtl.balancers import _solvers
 from jmtl.balancers._base import Balancer
 from jmtl.balancers._base import from_gram_weights
-from jmtl.balancers._base import register
+from jmtl.balancers._base import uniform_weights
+from jmtl.balancers._registry import register
 
 _JACOBIAN_DESCENT = "Quinton & Rey 2024, Jacobian Descent for Multi-Objective Optimization, arXiv"
 _NORMALIZATIONS = ("none", "l2", "loss", "loss+")
@@ -34,10 +35,6 @@ class UPGradState(NamedTuple):
 
 class DualProjState(NamedTuple):
   weights: jax.Array  # [T], weights of the last update: the projection of the mean's 1/T
-
-
-def _initial_weights(num_tasks: int) -> jax.Array:
-  return jnp.full((num_tasks,), 1.0 / num_tasks, jnp.float32)
 
 
 def _gradient_normalizers(gram, task_losses, normalization):
@@ -92,7 +89,7 @@ def mgda(num_tasks: int, *, solver: str = "frank_wolfe", normalization: str = "n
 
   def init(params):
     del params
-    return MGDAState(weights=_initial_weights(num_tasks))
+    return MGDAState(weights=uniform_weights(num_tasks))
 
   def weigh(gram, state, *, task_losses=None):
     del state
@@ -152,7 +149,7 @@ def upgrad(num_tasks: int, *, reg_eps: float = 1e-4, num_iters: int = 40) -> Bal
 
   def init(params):
     del params
-    return UPGradState(weights=_initial_weights(num_tasks))
+    return UPGradState(weights=uniform_weights(num_tasks))
 
   def weigh(gram, state, *, task_losses=None):
     del state, task_losses
@@ -185,7 +182,7 @@ def dualproj(num_tasks: int, *, reg_eps: float = 1e-4, num_iters: int = 40) -> B
 
   def init(params):
     del params
-    return DualProjState(weights=_initial_weights(num_tasks))
+    return DualProjState(weights=uniform_weights(num_tasks))
 
   def weigh(gram, state, *, task_losses=None):
     del state, task_losses

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from jmtl.balancers._base import Balancer
 from jmtl.balancers._base import from_gram_weights
-from jmtl.balancers._base import register
+from jmtl.balancers._registry import register
 
 
 _TINY = float(jnp.finfo(jnp.float32).tiny)

@@ -13,8 +13,10 @@ import jax
 import jax.numpy as jnp
 
 from jmtl.balancers._base import Balancer
+from jmtl.balancers._base import uniform_weights
 from jmtl.balancers._base import from_loss_weights
-from jmtl.balancers._base import register
+from jmtl.balancers._base import weighted_sum
+from jmtl.balancers._registry import register
 
 _LINEAR_SCALARISATION = "Caruana 1997, Multitask Learning, Machine Learning"
 
@@ -44,7 +46,7 @@ def _fixed_weights(weights: jax.Array, state_type: type[NamedTuple]) -> Balancer
 
   def weigh(task_losses, state):
     del task_losses
-    return state.weights, state
+    return weights, state._replace(weights=weights)
 
   return from_loss_weights(init, weigh)
 
@@ -52,7 +54,7 @@ def _fixed_weights(weights: jax.Array, state_type: type[NamedTuple]) -> Balancer
 @register("equal_weight", paper=_LINEAR_SCALARISATION)
 def equal_weight(num_tasks: int) -> Balancer:
   """Mean of the task gradients: ``g = (1/T) sum_i g_i`` (linear scalarisation, Caruana 1997)."""
-  return _fixed_weights(jnp.full((num_tasks,), 1.0 / num_tasks, jnp.float32), EqualWeightState)
+  return _fixed_weights(uniform_weights(num_tasks), EqualWeightState)
 
 
 @register("sum", paper=_LINEAR_SCALARISATION)
@@ -61,7 +63,7 @@ def sum_(num_tasks: int) -> Balancer:
   return _fixed_weights(jnp.ones((num_tasks,), jnp.float32), SumState)
 
 
-@register("constant", paper=_LINEAR_SCALARISATION)
+@register("constant", paper=_LINEAR_SCALARISATION, handles_presence=True)
 def constant(num_tasks: int, *, weights: Sequence[float] | None = None) -> Balancer:
   """Fixed user weights: ``g = sum_i w_i g_i`` (hand-tuned linear scalarisation).
 
@@ -81,7 +83,25 @@ def constant(num_tasks: int, *, weights: Sequence[float] | None = None) -> Balan
         f"constant balancer: got {len(values)} weights {values} for num_tasks={num_tasks}")
   if not all(abs(v) < float("inf") for v in values):
     raise ValueError(f"constant balancer: weights must be finite, got {values}")
-  return _fixed_weights(jnp.asarray(values, jnp.float32), ConstantState)
+  weights = jnp.asarray(values, jnp.float32)
+
+  # Per-task hparams cannot be rebuilt for a subset of tasks under jit, so absent tasks are
+  # handled here: the present tasks keep their own weights (the method on those tasks).
+  def init(params):
+    del params
+    return ConstantState(weights=weights)
+
+  def weigh_losses(task_losses, state, *, present=None):
+    del task_losses, state
+    applied = weights if present is None else jnp.where(present, weights, 0.0)
+    return applied, ConstantState(weights=applied)
+
+  def update(task_grads, state, params=None, *, task_losses=None, present=None):
+    del params
+    applied, state = weigh_losses(task_losses, state, present=present)
+    return weighted_sum(applied, task_grads), state
+
+  return Balancer(init=init, update=update, needs="losses", weigh_losses=weigh_losses)
 
 
 # The same methods under the names other libraries use (torchjd's Mean, LibMTL's linear
@@ -110,7 +130,7 @@ def random(num_tasks: int, *, concentration: float = 1.0, seed: int = 0) -> Bala
 
   def init(params):
     del params
-    return RandomState(weights=jnp.full((num_tasks,), 1.0 / num_tasks, jnp.float32),
+    return RandomState(weights=uniform_weights(num_tasks),
                        key=jax.random.PRNGKey(seed))
 
   def weigh(task_losses, state):

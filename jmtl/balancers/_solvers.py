@@ -51,15 +51,23 @@ def normalize_gram(gram: jax.Array) -> tuple[jax.Array, jax.Array]:
 # ---------------------------------------------------------------- simplex projection
 
 
-def project_to_simplex(y: jax.Array) -> jax.Array:
-  """Euclidean projection of ``y [n]`` onto ``{w >= 0, sum w = 1}``.
+def project_to_simplex(y: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+  """Euclidean projection of ``y [n]`` onto ``{w >= 0, sum w = 1}`` (``w_i = 0`` off ``mask``).
 
   The sort-based algorithm of Held et al. (1974) / Duchi et al. (2008): the projection is
-  ``max(y - theta, 0)`` with the threshold theta found from the sorted values.
+  ``max(y - theta, 0)`` with the threshold theta found from the sorted values. With a bool
+  ``mask`` the projection is onto the face of the simplex spanned by the masked entries
+  (all zeros if none is masked).
   """
   n = y.shape[-1]
+  if mask is not None:
+    y = jnp.where(mask, y, -jnp.inf)
+  # The projection ignores a common shift; moving the largest entry to 0 keeps the
+  # cumulative sums exact for huge inputs (the top entry is always in the support).
+  peak = jnp.max(y)
+  y = y - jnp.where(jnp.isfinite(peak), peak, 0.0)
   descending = -jnp.sort(-y)
-  cumulative = jnp.cumsum(descending) - 1.0
+  cumulative = jnp.cumsum(jnp.where(jnp.isfinite(descending), descending, 0.0)) - 1.0
   counts = jnp.arange(1, n + 1, dtype=y.dtype)
   # The support is the longest prefix whose smallest kept value stays above the threshold.
   support = jnp.sum(descending - cumulative / counts > 0)

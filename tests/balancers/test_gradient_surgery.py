@@ -434,7 +434,7 @@ def test_pytree_state_round_trip_and_contract(name, hparams):
   expected_needs = {"gradvac": "gram" if not hparams else "jacobian", "config": "gram",
                     "sdmgrad": "gram", "krum": "gram"}.get(name, "jacobian")
   assert balancer.needs == expected_needs
-  assert (balancer.weigh is not None) == (expected_needs == "gram")
+  assert (balancer.weigh_gram is not None) == (expected_needs == "gram")
 
 
 @pytest.mark.parametrize("name", ["config", "sdmgrad", "krum", "gradvac"])

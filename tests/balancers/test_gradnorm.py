@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import jmtl.balancers as balancers
-from jmtl.balancers._gradnorm import last_layer
+from jmtl.balancers._gradnorm import select_layer
 
 from references import NumpyAdam
 
@@ -27,10 +27,10 @@ class ReferenceGradNorm:
     self.adam = NumpyAdam(lr)  # Kingma & Ba with optax's defaults
 
   def step(self, last_layer_jacobian, full_jacobian, losses):
-    """Returns sum_i w_i(t) g_i and moves to w(t+1)."""
+    """Returns sum_i (w_i(t) / T) g_i (jmtl's mean convention) and moves to w(t+1)."""
     if self.initial_losses is None:
       self.initial_losses = losses.copy()
-    combined = self.weights @ full_jacobian
+    combined = self.weights @ full_jacobian / len(self.weights)
     norms = np.linalg.norm(last_layer_jacobian, axis=1)  # ||grad_W L_i||
     rates = (losses / self.initial_losses)
     rates = rates / rates.mean()
@@ -76,7 +76,7 @@ def test_weight_evolution_matches_reference(num_tasks, optimizer):
   rng = np.random.default_rng(num_tasks)
   scales = rng.uniform(0.2, 3.0, size=num_tasks)  # unequal gradient norms
   reference = ReferenceGradNorm(num_tasks, optimizer=optimizer)
-  balancer, update = compiled(num_tasks, optimizer=optimizer)
+  balancer, update = compiled(num_tasks, optimizer=optimizer, layer="head")
   state = balancer.init(None)
   losses = rng.uniform(1.0, 2.0, size=num_tasks)
   for step in range(6):
@@ -85,10 +85,10 @@ def test_weight_evolution_matches_reference(num_tasks, optimizer):
     grads, state = update(as_f32(task_grads), state, jnp.asarray(losses, jnp.float32))
     actual = flat(jax.tree.map(lambda x: np.asarray(x, np.float64)[None], grads))[0]
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
-    np.testing.assert_allclose(state.weights, reference.weights, rtol=1e-4)
-    np.testing.assert_allclose(np.sum(state.weights), num_tasks, rtol=1e-5)
+    np.testing.assert_allclose(state.task_weights, reference.weights, rtol=1e-4)
+    np.testing.assert_allclose(np.sum(state.task_weights), num_tasks, rtol=1e-5)
     np.testing.assert_allclose(state.initial_losses, reference.initial_losses, rtol=1e-6)
-    assert int(state.step) == step + 1
+    assert bool(np.all(state.seen))
     losses = losses * rng.uniform(0.7, 1.0, size=num_tasks)  # tasks train at different rates
 
 
@@ -96,8 +96,9 @@ def test_first_update_uses_unit_weights_and_captures_initial_losses():
   balancer, update = compiled(3)
   jacobian = np.random.default_rng(0).normal(size=(3, 4))
   grads, state = update(as_f32(jacobian), balancer.init(None), jnp.asarray([1.0, 2.0, 4.0]))
-  np.testing.assert_allclose(grads, jacobian.sum(axis=0), rtol=1e-5)
-  assert not np.allclose(state.weights, 1.0)  # w(t+1) is already in the state
+  np.testing.assert_allclose(grads, jacobian.mean(axis=0), rtol=1e-5)
+  np.testing.assert_allclose(state.weights, 1.0 / 3)  # w(0) / T, applied
+  assert not np.allclose(state.task_weights, 1.0)  # w(t+1) is already in the state
   _, state = update(as_f32(jacobian), state, jnp.asarray([0.5, 0.5, 0.5]))
   np.testing.assert_allclose(state.initial_losses, [1.0, 2.0, 4.0])
 
@@ -115,7 +116,7 @@ def test_alpha_zero_equalises_weighted_gradient_norms():
 
   state, _ = jax.jit(lambda s: jax.lax.scan(step, s, None, length=400))(balancer.init(None))
   expected = 3 * (1 / norms) / np.sum(1 / norms)
-  np.testing.assert_allclose(state.weights, expected, rtol=0.05)
+  np.testing.assert_allclose(state.task_weights, expected, rtol=0.05)
 
 
 def test_slow_task_gets_more_weight():
@@ -127,18 +128,44 @@ def test_slow_task_gets_more_weight():
   _, state = update(jacobian, state, jnp.asarray([1.0, 1.0]))
   for _ in range(20):
     _, state = update(jacobian, state, jnp.asarray([1.0, 0.5]))
-  assert state.weights[0] > 1.2 > 0.8 > state.weights[1]
+  assert state.task_weights[0] > 1.2 > 0.8 > state.task_weights[1]
 
 
-def test_last_layer_selection():
-  tree = {"encoder": {"layer_0": {"kernel": 1, "bias": 2}},
+def test_layer_selection_by_path_not_dict_order():
+  tree = {"encoder": {"layer_0": {"kernel": 1, "bias": 2}, "type_embedding": 7},
           "decoder": {"Dense_0": {"kernel": 3}, "Dense_1": {"kernel": 4, "bias": 5}}}
-  assert last_layer(tree) == {"kernel": 4, "bias": 5}
-  assert last_layer({"a": {"w": 1}, "b": 2, "c": [{"x": 3}, {"y": 4}]}) == {"y": 4}
-  # Mixed level whose last entry is an array: that level's arrays.
-  assert last_layer({"sub": {"w": 1}, "bias": 2}) == {"bias": 2}
+  assert select_layer(tree, "decoder/Dense_0") == {"kernel": 3}
+  assert select_layer(tree, "encoder/layer_0/bias") == 2
+  # jit sorts keys: the choice must not depend on the order keys come in.
+  resorted = {key: dict(sorted(value.items())) for key, value in sorted(tree.items())}
+  assert select_layer(resorted, "decoder/Dense_0") == {"kernel": 3}
   array = np.zeros((3, 4))
-  assert last_layer(array) is array
+  assert select_layer(array, None) is array
+  with pytest.raises(ValueError, match="encoder/layer_0/kernel") as error:
+    select_layer(tree, "encoder/layer_9")
+  assert "encoder/layer_9" in str(error.value)
+
+
+def test_missing_layer_is_a_clear_error_in_update():
+  balancer = balancers.get("gradnorm", 2, layer="encoder/final_norm")
+  task_grads = {"encoder": {"pooler": jnp.ones((2, 3))}, "heads": jnp.ones((2, 2))}
+  with pytest.raises(ValueError, match="available paths: encoder, encoder/pooler, heads"):
+    balancer.update(task_grads, balancer.init(None), task_losses=jnp.ones(2))
+
+
+def test_layer_decides_the_learned_weights():
+  # Task 0 dominates the head, task 1 the body: the weights move in opposite directions.
+  task_grads = {"body": jnp.asarray([[0.1, 0.0], [0.0, 5.0]]),
+                "head": jnp.asarray([[5.0, 0.0], [0.0, 0.1]])}
+  learned = {}
+  for layer in ("body", "head"):
+    balancer = balancers.get("gradnorm", 2, layer=layer, alpha=0.0)
+    state = balancer.init(None)
+    for _ in range(20):
+      _, state = balancer.update(task_grads, state, task_losses=jnp.ones(2))
+    learned[layer] = np.asarray(state.task_weights)
+  assert learned["body"][0] > 1.0 > learned["body"][1]
+  assert learned["head"][1] > 1.0 > learned["head"][0]
 
 
 def test_custom_layer_selects_norms():
@@ -146,13 +173,13 @@ def test_custom_layer_selects_norms():
   rng = np.random.default_rng(9)
   scales = np.array([0.5, 2.0])
   reference = ReferenceGradNorm(2)
-  balancer, update = compiled(2, layer=lambda tree: tree)
+  balancer, update = compiled(2)  # layer=None: all of task_grads
   state = balancer.init(None)
   for _ in range(3):
     task_grads = random_task_grads(rng, 2, scales)
     reference.step(flat(task_grads), flat(task_grads), np.ones(2))
     _, state = update(as_f32(task_grads), state, jnp.ones(2))
-  np.testing.assert_allclose(state.weights, reference.weights, rtol=1e-4)
+  np.testing.assert_allclose(state.task_weights, reference.weights, rtol=1e-4)
 
 
 @pytest.mark.parametrize("case", ["zero", "identical", "opposite", "single", "zero_losses",
@@ -170,9 +197,9 @@ def test_degenerate_cases_are_finite(case):
   state = balancer.init(None)
   for scale in (1.0, 0.5, 0.0):
     grads, state = update(as_f32(jacobian), state, jnp.asarray(losses * scale, jnp.float32))
-    assert np.all(np.isfinite(grads)) and np.all(np.isfinite(state.weights))
-    assert np.all(state.weights > 0)
-    np.testing.assert_allclose(np.sum(state.weights), num_tasks, rtol=1e-5)
+    assert np.all(np.isfinite(grads)) and np.all(np.isfinite(state.task_weights))
+    assert np.all(state.task_weights > 0)
+    np.testing.assert_allclose(np.sum(state.task_weights), num_tasks, rtol=1e-5)
 
 
 def test_bad_optimizer():

@@ -110,7 +110,7 @@ def test_stch_weights_are_the_gradient_of_the_objective():
   balancer = balancers.get("stch", 3, mu=0.5, warmup_steps=0, nadir_steps=2)
   state = balancer.init(jnp.zeros(1))
   for loss in losses:
-    weights, state = balancer.weigh(jnp.asarray(loss, jnp.float32), state)
+    weights, state = balancer.weigh_losses(jnp.asarray(loss, jnp.float32), state)
   nadir, step = losses[:2].mean(0), 1e-6
   numeric = [(stch_objective(losses[2] + step * e, nadir, 0.5)
               - stch_objective(losses[2] - step * e, nadir, 0.5)) / (2 * step) for e in np.eye(3)]
@@ -120,8 +120,8 @@ def test_stch_weights_are_the_gradient_of_the_objective():
 def test_stch_small_mu_weighs_the_worst_normalised_loss():
   balancer = balancers.get("stch", 3, mu=0.01, warmup_steps=0, nadir_steps=1)
   state = balancer.init(jnp.zeros(1))
-  _, state = balancer.weigh(jnp.array([1.0, 1.0, 1.0]), state)
-  weights, _ = balancer.weigh(jnp.array([0.5, 3.0, 2.0]), state)
+  _, state = balancer.weigh_losses(jnp.array([1.0, 1.0, 1.0]), state)
+  weights, _ = balancer.weigh_losses(jnp.array([0.5, 3.0, 2.0]), state)
   # Tchebycheff limit: gradient T / L_k on the worst task k only.
   assert_close(weights, [0.0, 3 / 3.0, 0.0], rtol=1e-3)
 
@@ -129,8 +129,8 @@ def test_stch_small_mu_weighs_the_worst_normalised_loss():
 def test_stch_without_nadir_steps_does_not_normalise():
   balancer = balancers.get("stch", 2, warmup_steps=1, nadir_steps=0)
   state = balancer.init(jnp.zeros(1))
-  _, state = balancer.weigh(jnp.array([5.0, 5.0]), state)
-  weights, _ = balancer.weigh(jnp.array([1.0, 3.0]), state)
+  _, state = balancer.weigh_losses(jnp.array([5.0, 5.0]), state)
+  weights, _ = balancer.weigh_losses(jnp.array([1.0, 3.0]), state)
   assert_close(weights, 2 * softmax(np.log([1.0, 3.0])) / np.array([1.0, 3.0]))
 
 
@@ -151,7 +151,7 @@ def test_famo_weight_moves_to_the_task_that_stops_improving():
   state = balancer.init(jnp.zeros(1))
   for step in range(10):  # task 0 is stuck, tasks 1 and 2 keep improving
     losses = jnp.array([1.0, 0.9 ** step, 0.8 ** step])
-    _, state = balancer.weigh(losses, state)
+    _, state = balancer.weigh_losses(losses, state)
   z = jax.nn.softmax(state.logits)
   assert z[0] > z[1] > z[2]
 
@@ -159,7 +159,7 @@ def test_famo_weight_moves_to_the_task_that_stops_improving():
 def test_famo_first_update_leaves_the_logits_and_adam_untouched():
   balancer = balancers.get("famo", 2)
   initial = balancer.init(jnp.zeros(1))
-  weights, state = balancer.weigh(jnp.array([1.0, 4.0]), initial)
+  weights, state = balancer.weigh_losses(jnp.array([1.0, 4.0]), initial)
   np.testing.assert_array_equal(state.logits, 0.0)
   assert_close(weights, [0.8, 0.2])  # z = 1/2 each: w proportional to 1/L
   for new, old in zip(jax.tree.leaves(state.optimizer_state),
@@ -170,10 +170,10 @@ def test_famo_first_update_leaves_the_logits_and_adam_untouched():
 def test_famo_absent_task_gets_no_weight_and_no_logit_signal():
   balancer = balancers.get("famo", 2)
   state = balancer.init(jnp.zeros(1))
-  _, state = balancer.weigh(jnp.array([0.0, 1.0]), state)
-  weights, state = balancer.weigh(jnp.array([2.0, 1.0]), state)
+  _, state = balancer.weigh_losses(jnp.array([0.0, 1.0]), state)
+  weights, state = balancer.weigh_losses(jnp.array([2.0, 1.0]), state)
   np.testing.assert_array_equal(state.logits, 0.0)  # no delta from an absent task
-  weights, _ = balancer.weigh(jnp.array([0.0, 1.0]), state)
+  weights, _ = balancer.weigh_losses(jnp.array([0.0, 1.0]), state)
   assert_close(weights, [0.0, 1.0])
 
 
@@ -242,7 +242,7 @@ NEEDS = {"stch": "losses", "famo": "losses", "db_mtl": "jacobian", "excess_mtl":
 def test_registered_with_its_needs(name):
   balancer = balancers.get(name, 3)
   assert balancer.needs == NEEDS[name]
-  assert (balancer.weigh is not None) == (NEEDS[name] == "losses")
+  assert (balancer.weigh_losses is not None) == (NEEDS[name] == "losses")
   assert balancers.papers()[name]
 
 

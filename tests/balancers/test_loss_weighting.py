@@ -103,7 +103,7 @@ def _converge(name, losses, steps=400):
   losses = jnp.asarray(losses, jnp.float32)
 
   def body(state, _):
-    return balancer.weigh(losses, state)[1], None
+    return balancer.weigh_losses(losses, state)[1], None
 
   state, _ = jax.lax.scan(body, balancer.init(jnp.zeros(2)), None, length=steps)
   return state
@@ -126,7 +126,7 @@ def test_learned_scale_of_absent_task_does_not_move(name):
   balancer = balancers.get(name, 2, lr=0.1)
   state = balancer.init(jnp.zeros(2))
   for _ in range(3):
-    _, state = balancer.weigh(jnp.array([0.0, 2.0]), state)
+    _, state = balancer.weigh_losses(jnp.array([0.0, 2.0]), state)
   scales = state.log_variances if name == "uncertainty" else state.log_scales
   assert scales[0] == 0.0 and abs(scales[1]) > 0.1
 
@@ -148,7 +148,7 @@ def test_dwa_favours_the_task_whose_loss_fell_least():
   balancer = balancers.get("dwa", 2)
   state = balancer.init(jnp.zeros(2))
   for losses in ([1.0, 1.0], [1.0, 0.5], [1.0, 0.5]):
-    weights, state = balancer.weigh(jnp.array(losses), state)
+    weights, state = balancer.weigh_losses(jnp.array(losses), state)
   assert weights[0] > 1.0 > weights[1]
 
 
@@ -156,7 +156,7 @@ def test_dwa_absent_task_keeps_its_previous_average():
   balancer = balancers.get("dwa", 2)
   state = balancer.init(jnp.zeros(2))
   for losses in ([2.0, 1.0], [0.0, 0.5], [1.0, 1.0]):  # task 0 absent at step 2
-    weights, state = balancer.weigh(jnp.array(losses), state)
+    weights, state = balancer.weigh_losses(jnp.array(losses), state)
   # r = (2/2, 0.5/1): the carried average gives task 0 ratio 1, not 0 or inf.
   assert_close(weights, 2 * softmax(np.array([1.0, 0.5]) / 2.0))
 
@@ -181,14 +181,14 @@ def test_rlw_weights_average_to_equal_weighting():
   balancer = balancers.get("rlw", 3, seed=1)
 
   def body(state, _):
-    weights, state = balancer.weigh(jnp.ones(3), state)
+    weights, state = balancer.weigh_losses(jnp.ones(3), state)
     return state, weights
 
   _, draws = jax.lax.scan(body, balancer.init(jnp.zeros(2)), None, length=3000)
   np.testing.assert_allclose(draws.sum(1), 1.0, rtol=1e-5)
   np.testing.assert_allclose(draws.mean(0), np.full(3, 1 / 3), atol=0.01)
   other = balancers.get("rlw", 3, seed=2)
-  assert not np.allclose(other.weigh(jnp.ones(3), other.init(jnp.zeros(2)))[0], draws[0])
+  assert not np.allclose(other.weigh_losses(jnp.ones(3), other.init(jnp.zeros(2)))[0], draws[0])
 
 
 # ---------------------------------------------------------------- GLS
@@ -206,14 +206,14 @@ def test_gls_weights_are_the_gradient_of_the_geometric_mean():
   numeric = [(geometric_mean(losses + step * e) - geometric_mean(losses - step * e)) / (2 * step)
              for e in np.eye(3)]
   balancer = balancers.get("gls", 3)
-  weights, _ = balancer.weigh(jnp.asarray(losses, jnp.float32), balancer.init(jnp.zeros(1)))
+  weights, _ = balancer.weigh_losses(jnp.asarray(losses, jnp.float32), balancer.init(jnp.zeros(1)))
   assert_close(weights, numeric)
   assert_close(np.dot(weights, losses), geometric_mean(losses))
 
 
 def test_gls_leaves_absent_tasks_out_of_the_geometric_mean():
   balancer = balancers.get("gls", 3)
-  weights, _ = balancer.weigh(jnp.array([0.0, 1.0, 4.0]), balancer.init(jnp.zeros(1)))
+  weights, _ = balancer.weigh_losses(jnp.array([0.0, 1.0, 4.0]), balancer.init(jnp.zeros(1)))
   assert_close(weights, [0.0, 2.0 / 2 / 1.0, 2.0 / 2 / 4.0])
 
 
@@ -226,7 +226,7 @@ NAMES = ("linear_scalarization", "uncertainty", "imtl_l", "dwa", "rlw", "gls")
 @pytest.mark.parametrize("name", NAMES)
 def test_registered_as_a_losses_method(name):
   balancer = balancers.get(name, 3)
-  assert balancer.needs == "losses" and balancer.weigh is not None
+  assert balancer.needs == "losses" and balancer.weigh_losses is not None
   assert name in balancers.papers() and balancers.papers()[name]
 
 
