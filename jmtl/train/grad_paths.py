@@ -44,20 +44,6 @@ def _psum(tree, axis_name):
   return tree if axis_name is None else lax.psum(tree, axis_name)
 
 
-# The balancer calls, in one place: what the paths ask of the Balancer contract.
-
-def _weigh_losses(balancer: Balancer, losses, state, present):
-  return balancer.weigh(losses, state)
-
-
-def _weigh_gram(balancer: Balancer, gram, state, losses, present):
-  return balancer.weigh(gram, state, task_losses=losses)
-
-
-def _update(balancer: Balancer, task_grads, state, params, losses, present):
-  return balancer.update(task_grads, state, params, task_losses=losses)
-
-
 def _balance(balancer: Balancer, task_grads, state, params, losses, present, want_gram: bool,
              rows=None):
   """Combined gradient, new state, and G when it is computed anyway (or wanted for logs).
@@ -66,9 +52,10 @@ def _balance(balancer: Balancer, task_grads, state, params, losses, present, wan
   """
   if balancer.needs == "gram":
     gram = gram_matrix(task_grads, rows)
-    weights, state = _weigh_gram(balancer, gram, state, losses, present)
+    weights, state = balancer.weigh_gram(gram, state, task_losses=losses, present=present)
     return weighted_sum(weights, task_grads, rows), state, gram
-  combined, state = _update(balancer, task_grads, state, params, losses, present)
+  combined, state = balancer.update(task_grads, state, params, task_losses=losses,
+                                    present=present)
   return combined, state, gram_matrix(task_grads, rows) if want_gram else None
 
 
@@ -82,7 +69,7 @@ def loss_only(model: MultiTaskProtocol, balancer: Balancer, params, balancer_sta
               *, axis_name=None, present=None, log_cosines=True) -> Balanced:
   def weigh(local_losses):
     losses = _psum(local_losses, axis_name)
-    weights, state = _weigh_losses(balancer, losses, balancer_state, present)
+    weights, state = balancer.weigh_losses(losses, balancer_state, present=present)
     return weights, (losses, state)
   _, _, grads, (losses, state) = grads_lib.weighted_loss_grads(
       model, params, batch, weigh, rng, axis_name)
@@ -115,7 +102,7 @@ def gram(model: MultiTaskProtocol, balancer: Balancer, params, balancer_state, b
   if axis_name is not None:  # the table's G needs every device's rows, merged per id
     rows, ids = grads_lib.gather_rows(rows, axis_name), grads_lib.gather_rows(ids, axis_name)
   g = gram_matrix(task_grads) + grads_lib.token_table_gram(rows, ids, same_ids=same_ids)
-  weights, state = _weigh_gram(balancer, g, balancer_state, losses, present)
+  weights, state = balancer.weigh_gram(g, balancer_state, task_losses=losses, present=present)
   table, _ = grads_lib.split_token_table(params[model.shared_key], path)
   table_grad = grads_lib.token_table_gradient(weights, task.token_rows, task.token_ids,
                                               table.shape, same_ids=same_ids)

@@ -22,6 +22,7 @@ from jmtl import balancers, data, metrics as metrics_lib
 from jmtl.config import ConfigError, balancer_hparams, to_json
 from jmtl.models import EncoderConfig, MultiTaskModel
 from jmtl.train import checkpoint as ckpt_lib
+from jmtl.train.balancer_setup import build_balancer
 from jmtl.train.evaluate import evaluate, make_eval_fn, selection_score
 from jmtl.train.logging import MetricLogger
 from jmtl.train.parallel import make_train_step
@@ -142,10 +143,10 @@ class Experiment(NamedTuple):
 def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
   suite, tasks = load_suite(config)
   model = build_model(config, suite, tasks)
-  balancer = balancers.get(config.balancer.name, len(tasks), **balancer_hparams(config))
   optimizer = build_optimizer(config, config.train.steps)
   examples, restrict = train_iterator(config, suite, tasks)
   example = restrict(next(examples))
+  balancer = build_balancer(config, model, example, suite.buckets)
   if config.grad_mode == "rep" and model.layout == "multi_input":
     raise ConfigError(
         f"grad_mode='rep' needs one shared input per step, but suite {suite.name!r} is "

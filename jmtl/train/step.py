@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from jmtl.balancers import Balancer
+from jmtl.balancers import Balancer, applied_weights
 from jmtl.gradients import label_counts
 from jmtl.models.protocol import MultiTaskProtocol
 from jmtl.train.grad_paths import GradMode, path_for
@@ -70,7 +70,7 @@ def train_step(state: TrainState, batch, *, model: MultiTaskProtocol, balancer: 
       nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
   )
   metrics = {"losses": losses, "grad_norm": grad_norm, "finite": finite}
-  weights = getattr(balancer_state, "weights", None)
+  weights = applied_weights(balancer_state)
   if weights is not None:
     metrics["weights"] = weights
   if gram is not None:
