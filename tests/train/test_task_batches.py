@@ -42,10 +42,15 @@ def reference_task_grads(model, params, batches):
     return out
 
 
-def assert_close(actual, expected, what):
+def assert_close(actual, expected, scale, what):
+  """Relative to each entry, with float32 noise allowed relative to the tree's largest entry
+  (e.g. attention key biases: exactly zero gradient, ~1e-9 of float32 round-off)."""
   actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-  scale = max(np.max(np.abs(expected)), 1e-12)
-  np.testing.assert_allclose(actual, expected, rtol=2e-3, atol=2e-4 * scale, err_msg=what)
+  np.testing.assert_allclose(actual, expected, rtol=2e-3, atol=1e-5 * scale, err_msg=what)
+
+
+def largest(tree):
+  return max(float(np.max(np.abs(np.asarray(x)))) for x in jax.tree.leaves(tree))
 
 
 @pytest.mark.parametrize("method", ["dwa", "mgda", "upgrad", "pcgrad", "gradnorm", "trimmed_mean"])
@@ -70,14 +75,15 @@ def test_per_task_batch_sizes_match_independent_gradients(method):
   expected, _ = balancer.update(stacked, initial_balancer_state, before["encoder"],
                                 task_losses=jnp.asarray(losses, jnp.float32),
                                 present=jnp.ones(len(TASKS), bool))
+  scale = largest(expected)
   for (path, a), e in zip(jax.tree_util.tree_leaves_with_path(change["encoder"]),
                           jax.tree.leaves(expected)):
-    assert_close(a, e, f"{method}: encoder{jax.tree_util.keystr(path)}")
+    assert_close(a, e, scale, f"{method}: encoder{jax.tree_util.keystr(path)}")
   # Heads belong to one task: its own gradient, scaled by its weight only where the method
   # weights losses (one backward of the weighted sum).
   weights = balancers.applied_weights(state.balancer_state)
   for i, spec in enumerate(TASKS):
-    scale = float(weights[i]) if balancer.needs == "losses" else 1.0
-    for a, e in zip(jax.tree.leaves(change["heads"][spec.name]),
-                    jax.tree.leaves(reference[i][1]["heads"][spec.name])):
-      assert_close(a, scale * e, f"{method}: head {spec.name}")
+    weight = float(weights[i]) if balancer.needs == "losses" else 1.0
+    head = jax.tree.map(lambda g: weight * g, reference[i][1]["heads"][spec.name])
+    for a, e in zip(jax.tree.leaves(change["heads"][spec.name]), jax.tree.leaves(head)):
+      assert_close(a, e, largest(head), f"{method}: head {spec.name}")
