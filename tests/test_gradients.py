@@ -41,7 +41,7 @@ def test_multi_input_jacobian_equals_grad_of_each_task_alone(model):
   model = dataclasses.replace(model, layout="multi_input")
   batches = {spec.name: make_batch((spec,), batch_size=3 + i, length=8, seed=i)
              for i, spec in enumerate(TASKS)}
-  params = model.init(jax.random.PRNGKey(1), batches["topic"])
+  params = model.init(jax.random.PRNGKey(1), batches)
   result = jax.jit(lambda p, b: gradients.multi_input_jacobian(model, p, b))(params, batches)
   for i, spec in enumerate(TASKS):
     expected = _single_task_grad(model, params, batches[spec.name], spec)
@@ -130,7 +130,7 @@ def test_rep_grad_rejects_multi_input(model):
   from jmtl.train.step import balanced_gradients
   model = dataclasses.replace(model, layout="multi_input")
   batches = {spec.name: make_batch((spec,), seed=i) for i, spec in enumerate(TASKS)}
-  params = model.init(jax.random.PRNGKey(0), batches["topic"])
+  params = model.init(jax.random.PRNGKey(0), batches)
   balancer = get("pcgrad", num_tasks=len(TASKS))
   with pytest.raises(ValueError, match="rep-grad needs one shared input"):
     balanced_gradients(model, balancer, params, balancer.init(params["encoder"]), batches, None,

@@ -71,20 +71,20 @@ def _encode_rows(model, path, table, rest, rows, batch, rng):
   return model.encode(shared, batch, rng, token_rows=rows)
 
 
-def _declared_table(model) -> tuple[str, ...]:
+def _prepare(model, params, batch, axis_name):
+  """``(table path, per-task batches, loss denominators, table, shared params without it)``."""
   path = token_table_path(model)
   if path is None:
     raise ValueError("the compact Jacobian needs the model to declare token_table")
-  return path
+  per_task = task_batches(model, batch)
+  denominators = loss_denominators(label_counts(model, batch, axis_name))
+  return (path, per_task, denominators, *split_token_table(params[model.shared_key], path))
 
 
 def same_input_compact_jacobian(model: MultiTaskProtocol, params, batch: Batch,
                                 rng: jax.Array | None = None,
                                 axis_name: str | None = None) -> CompactTaskGradients:
-  path = _declared_table(model)
-  batches = task_batches(model, batch)
-  denominators = loss_denominators(label_counts(model, batch, axis_name))
-  table, rest = split_token_table(params[model.shared_key], path)
+  path, batches, denominators, table, rest = _prepare(model, params, batch, axis_name)
   features, vjp = jax.vjp(lambda r, x: _encode_rows(model, path, table, r, x, batch, rng),
                           rest, table[batch["input_ids"]])
   losses, head_grads, feature_grads = heads_on_features(
@@ -97,10 +97,7 @@ def same_input_compact_jacobian(model: MultiTaskProtocol, params, batch: Batch,
 def multi_input_compact_jacobian(model: MultiTaskProtocol, params, batches: Mapping[str, Batch],
                                  rng: jax.Array | None = None,
                                  axis_name: str | None = None) -> CompactTaskGradients:
-  path = _declared_table(model)
-  per_task = task_batches(model, batches)
-  denominators = loss_denominators(label_counts(model, batches, axis_name))
-  table, rest = split_token_table(params[model.shared_key], path)
+  path, per_task, denominators, table, rest = _prepare(model, params, batches, axis_name)
   losses, head_grads, shared, rows = [], {}, [], []
   for i, batch in enumerate(per_task):
     features, vjp = jax.vjp(

@@ -71,9 +71,9 @@ class MultiTaskModel:
     return Head(spec, hidden=self.head_hidden)
 
   def init(self, rng: jax.Array, batch: Mapping[str, jax.Array]):
-    """Parameters for a batch's shapes (either layout; only the inputs are read)."""
-    if "input_ids" not in batch:  # multi-input: any task's batch has the input shapes
-      batch = next(iter(batch.values()))
+    """Parameters for a batch of the declared layout (only the inputs' shapes are read)."""
+    if self.layout == "multi_input":  # any task's batch has the input shapes
+      batch = batch[self.names[0]]
     enc_rng, *head_rngs = jax.random.split(rng, len(self.tasks) + 1)
     encoder = self.encoder.module().init(
         enc_rng, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))["params"]
