@@ -170,7 +170,8 @@ def run(shape: Shape, task_counts, repeats: int, steps: int, warmup: int, varian
   rows = []
   for num_tasks in task_counts:
     tasks = task_specs(num_tasks, shape.num_labels)
-    model = MultiTaskModel(config, tasks, head_hidden=shape.head_hidden)
+    models = {layout: MultiTaskModel(config, tasks, head_hidden=shape.head_hidden, layout=layout)
+              for layout in ("same_input", "multi_input")}
     batches = {
         "same_input": make_batch(tasks, shape, seed=num_tasks),
         "multi_input": {spec.name: make_batch((spec,), shape, seed=100 * num_tasks + i)
@@ -178,7 +179,7 @@ def run(shape: Shape, task_counts, repeats: int, steps: int, warmup: int, varian
     }
     runners = {}
     for name, balancer, grad_mode, layout in variants:
-      runner = Runner(model, balancer, grad_mode, batches[layout])
+      runner = Runner(models[layout], balancer, grad_mode, batches[layout])
       runners[(name, layout)] = runner
       log(f"  T={num_tasks} {layout:<11} {name:<13} lower {runner.lower_seconds:6.2f} s  "
           f"compile {runner.compile_seconds:6.2f} s")

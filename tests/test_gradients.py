@@ -1,5 +1,7 @@
 """Per-task gradients against jax.grad of each task alone and a float64 finite difference."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,9 +38,10 @@ def test_same_input_jacobian_equals_grad_of_each_task_alone(model):
 
 
 def test_multi_input_jacobian_equals_grad_of_each_task_alone(model):
+  model = dataclasses.replace(model, layout="multi_input")
   batches = {spec.name: make_batch((spec,), batch_size=3 + i, length=8, seed=i)
              for i, spec in enumerate(TASKS)}
-  params = model.init(jax.random.PRNGKey(1), batches["topic"])
+  params = model.init(jax.random.PRNGKey(1), batches)
   result = jax.jit(lambda p, b: gradients.multi_input_jacobian(model, p, b))(params, batches)
   for i, spec in enumerate(TASKS):
     expected = _single_task_grad(model, params, batches[spec.name], spec)
@@ -125,8 +128,9 @@ def test_jacobian_matches_float64_finite_difference():
 def test_rep_grad_rejects_multi_input(model):
   from jmtl.balancers import get
   from jmtl.train.step import balanced_gradients
+  model = dataclasses.replace(model, layout="multi_input")
   batches = {spec.name: make_batch((spec,), seed=i) for i, spec in enumerate(TASKS)}
-  params = model.init(jax.random.PRNGKey(0), batches["topic"])
+  params = model.init(jax.random.PRNGKey(0), batches)
   balancer = get("pcgrad", num_tasks=len(TASKS))
   with pytest.raises(ValueError, match="rep-grad needs one shared input"):
     balanced_gradients(model, balancer, params, balancer.init(params["encoder"]), batches, None,
@@ -140,8 +144,9 @@ def test_compact_token_table_gram_and_gradient_equal_dense(model, layout):
   if layout == "same_input":
     batch = make_batch(seed=8)
     dense_fn, compact_fn = gradients.same_input_jacobian, gradients.same_input_compact_jacobian
-  else:  # overlapping and disjoint ids across tasks' batches
-    batch = {spec.name: make_batch((spec,), batch_size=3, length=8, seed=20 + i)
+  else:  # overlapping and disjoint ids across tasks' batches, tasks' batch sizes differ
+    model = dataclasses.replace(model, layout="multi_input")
+    batch = {spec.name: make_batch((spec,), batch_size=2 + i, length=5 + i, seed=20 + i)
              for i, spec in enumerate(TASKS)}
     dense_fn, compact_fn = gradients.multi_input_jacobian, gradients.multi_input_compact_jacobian
   params = model.init(jax.random.PRNGKey(9), batch)
@@ -152,11 +157,11 @@ def test_compact_token_table_gram_and_gradient_equal_dense(model, layout):
       compact.token_rows, compact.token_ids, same_ids=same)
   np.testing.assert_allclose(gram, gram_matrix(dense.shared), rtol=1e-4, atol=1e-7)
   weights = jnp.linspace(0.5, 2.0, len(TASKS))
-  table = params["encoder"]["token_embedding"]["embedding"]
+  table, _ = gradients.split_token_table(params["encoder"], model.token_table)
   combined = gradients.with_token_table(
       weighted_sum(weights, compact.shared),
       gradients.token_table_gradient(weights, compact.token_rows, compact.token_ids, table.shape,
-                                     same_ids=same))
+                                     same_ids=same), model.token_table)
   _assert_tree_close(combined, weighted_sum(weights, dense.shared), rtol=1e-4, atol=1e-7)
 
 

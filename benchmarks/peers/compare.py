@@ -75,7 +75,7 @@ def make_model_and_batches(shape, num_tasks: int, layout: str):
                          max_length=shape.length, pooled_width=shape.width, dropout=0.0,
                          attention_dropout=0.0)
   tasks = tuple(TaskSpec(f"task{i}", "classification", shape.num_labels) for i in range(num_tasks))
-  model = MultiTaskModel(config, tasks, head_hidden=shape.head_hidden)
+  model = MultiTaskModel(config, tasks, head_hidden=shape.head_hidden, layout=layout)
   if layout == "same_input":
     batch = grad_engine.make_batch(tasks, shape, seed=num_tasks)
   else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -23,6 +24,15 @@ class EncoderConfig:
   attention_dropout: float = 0.1
   pooled_width: int = 128
   remat: bool = False  # recompute block activations in the backward pass (less memory)
+
+  # The model protocol's hooks (jmtl.models.protocol): where the token table sits in the
+  # encoder params, and the last layer every task's features pass through (the pooler comes
+  # after it but token-level heads never read it).
+  token_table: ClassVar[tuple[str, ...]] = ("token_embedding", "embedding")
+  last_shared_layer: ClassVar[str] = "final_norm"
+
+  def module(self) -> "Encoder":
+    return Encoder(self)
 
   def __post_init__(self):
     if self.width % self.num_heads:
@@ -97,10 +107,10 @@ class Encoder(nn.Module):
     return tokens, pooled
 
 
-def encode(config: EncoderConfig, params, batch, *, rng: jax.Array | None = None,
+def encode(config, params, batch, *, rng: jax.Array | None = None,
            token_rows: jax.Array | None = None):
-  """Applies the encoder to a batch; dropout is on iff ``rng`` is given."""
+  """Applies ``config.module()`` (any encoder config) to a batch; dropout is on iff ``rng``."""
   rngs = None if rng is None else {"dropout": rng}
-  return Encoder(config).apply(
+  return config.module().apply(
       {"params": params}, batch["input_ids"], batch["attention_mask"],
       batch.get("token_type_ids"), deterministic=rng is None, rngs=rngs, token_rows=token_rows)

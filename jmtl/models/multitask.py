@@ -1,19 +1,23 @@
 """A shared encoder plus one head per task, as plain pure functions over a params pytree.
 
 ``params = {"encoder": ..., "heads": {task_name: ...}}``: what is shared and what belongs to a
-task is a key lookup, never a guess.
+task is a key lookup, never a guess. ``MultiTaskModel`` implements the model protocol
+(``jmtl.models.protocol``) for any encoder config that provides ``module()``,
+``token_table`` and ``last_shared_layer`` (``EncoderConfig``, the BERT config).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from jmtl.models.encoder import Encoder, EncoderConfig, encode
+from jmtl.models.encoder import encode
 from jmtl.models.heads import Head
+from jmtl.models.protocol import check_layout
 from jmtl.tasks import TaskSpec, task_names
 
 Features = tuple[jax.Array, jax.Array]  # (tokens [B, L, D], pooled [B, P])
@@ -21,19 +25,40 @@ Features = tuple[jax.Array, jax.Array]  # (tokens [B, L, D], pooled [B, P])
 
 @dataclasses.dataclass(frozen=True)
 class MultiTaskModel:
-  encoder: EncoderConfig
+  """Encoder + one head per task.
+
+  ``encoder``: any encoder config (see the module docstring). ``layout``: the batches the
+  train step will get, ``"same_input"`` or ``"multi_input"`` (the runner sets it from the
+  suite; it is never guessed from a batch).
+  """
+
+  encoder: Any
   tasks: tuple[TaskSpec, ...]
   head_hidden: int = 64
+  layout: str = "same_input"
+
+  shared_key = "encoder"
+  task_key = "heads"
 
   def __post_init__(self):
     object.__setattr__(self, "tasks", tuple(self.tasks))
     task_names(self.tasks)  # validates uniqueness
     if not self.tasks:
       raise ValueError("a MultiTaskModel needs at least one task")
+    check_layout(self.layout)
+    object.__setattr__(self, "_specs", {spec.name: spec for spec in self.tasks})
 
   @property
   def names(self) -> tuple[str, ...]:
     return task_names(self.tasks)
+
+  @property
+  def token_table(self) -> tuple[str, ...]:
+    return tuple(self.encoder.token_table)
+
+  @property
+  def last_shared_layer(self) -> str:
+    return self.encoder.last_shared_layer
 
   def feature_readers(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Per leaf of ``Features`` (tokens, pooled): the indices of the tasks whose head reads
@@ -46,11 +71,11 @@ class MultiTaskModel:
     return Head(spec, hidden=self.head_hidden)
 
   def init(self, rng: jax.Array, batch: Mapping[str, jax.Array]):
-    """Parameters for a batch's shapes (either layout; only the inputs are read)."""
-    if "input_ids" not in batch:  # multi-input: any task's batch has the input shapes
-      batch = next(iter(batch.values()))
+    """Parameters for a batch of the declared layout (only the inputs' shapes are read)."""
+    if self.layout == "multi_input":  # any task's batch has the input shapes
+      batch = batch[self.names[0]]
     enc_rng, *head_rngs = jax.random.split(rng, len(self.tasks) + 1)
-    encoder = Encoder(self.encoder).init(
+    encoder = self.encoder.module().init(
         enc_rng, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))["params"]
     tokens, pooled = encode(self.encoder, encoder, batch)
     heads = {
@@ -71,9 +96,13 @@ class MultiTaskModel:
     features = self.encode(params["encoder"], batch, rng)
     return {spec.name: self.head(spec, params["heads"][spec.name], features) for spec in self.tasks}
 
-  def task_loss_sum(self, spec: TaskSpec, head_params, features: Features, batch):
-    """(masked loss sum, label count) of one task from encoder features."""
-    return spec.loss_sum(self.head(spec, head_params, features), batch)
+  def loss_sum(self, name: str, head_params, features: Features, batch) -> jax.Array:
+    """Task ``name``'s masked loss sum from encoder features (the protocol's ``loss_sum``)."""
+    spec = self._specs[name]
+    return spec.loss_sum(self.head(spec, head_params, features), batch)[0]
+
+  def label_count(self, name: str, batch) -> jax.Array:
+    return jnp.sum(batch[self._specs[name].mask_key].astype(jnp.float32))
 
 
 def count_params(tree) -> int:

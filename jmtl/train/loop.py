@@ -24,6 +24,7 @@ from jmtl.models import EncoderConfig, MultiTaskModel
 from jmtl.pretrained import training as pretrained_training
 from jmtl.train import checkpoint as ckpt_lib
 from jmtl.train import optim, transfer
+from jmtl.train.balancer_setup import build_balancer
 from jmtl.train.evaluate import evaluate, make_eval_fn, selection_score
 from jmtl.train.logging import MetricLogger
 from jmtl.train.parallel import make_train_step
@@ -93,7 +94,10 @@ def build_model(config: ml_collections.ConfigDict, suite, tasks) -> MultiTaskMod
                             max_length=max(suite.buckets), dropout=m.dropout,
                             attention_dropout=m.attention_dropout, pooled_width=m.pooled_width,
                             remat=config.train.remat)
-  return MultiTaskModel(encoder, tasks, head_hidden=m.head_hidden)
+  # Declared, not guessed: a multi-input suite feeds one batch per task only with
+  # data.sampler="all"; a mixture sampler draws one same-input batch of mixed rows.
+  layout = suite.layout if config.data.sampler == "all" else "same_input"
+  return MultiTaskModel(encoder, tasks, head_hidden=m.head_hidden, layout=layout)
 
 
 def train_iterator(config: ml_collections.ConfigDict, suite, tasks):
@@ -123,11 +127,11 @@ class Experiment(NamedTuple):
 def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
   suite, tasks = load_suite(config)
   model = build_model(config, suite, tasks)
-  balancer = balancers.get(config.balancer.name, len(tasks), **balancer_hparams(config))
   optimizer = build_optimizer(config, config.train.steps)
   examples, restrict = train_iterator(config, suite, tasks)
   example = restrict(next(examples))
-  if config.grad_mode == "rep" and "input_ids" not in example:
+  balancer = build_balancer(config, model, example, suite.buckets)
+  if config.grad_mode == "rep" and model.layout == "multi_input":
     raise ConfigError(
         f"grad_mode='rep' needs one shared input per step, but suite {suite.name!r} is "
         f"multi_input with data.sampler='all' (one batch per task): pick a mixture sampler "
@@ -135,7 +139,7 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
   rep_shapes = None  # rep-grad balancers keep state shaped like the shared representation
   if config.grad_mode == "rep" and balancer.needs != "losses":
     rep_shapes = jax.eval_shape(lambda b: model.encode(
-        model.init(jax.random.PRNGKey(0), b)["encoder"], b), example)
+        model.init(jax.random.PRNGKey(0), b)[model.shared_key], b), example)
   create_state = lambda: create_train_state(model, balancer, optimizer, example, config.seed,
                                             balancer_params=rep_shapes)
   return Experiment(suite, tasks, model, balancer, optimizer, create_state)

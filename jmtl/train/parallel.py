@@ -18,7 +18,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jmtl.balancers import Balancer
-from jmtl.models.multitask import MultiTaskModel
+from jmtl.models.protocol import MultiTaskProtocol
 from jmtl.train.state import TrainState
 from jmtl.train.step import GradMode, train_step
 
@@ -83,12 +83,15 @@ class CompiledStep:
     return jax.tree.map(lambda x: x[0], metrics) if self.parallelism == "pmap" else metrics
 
 
-def make_train_step(model: MultiTaskModel, balancer: Balancer,
+def make_train_step(model: MultiTaskProtocol, balancer: Balancer,
                     optimizer: optax.GradientTransformation, *, grad_mode: GradMode = "exact",
                     parallelism: Parallelism = "none", num_devices: int | None = None,
                     dropout: bool = True, log_cosines: bool = True,
                     donate: bool = True) -> CompiledStep:
-  """A compiled, state-donating train step for the chosen parallel layout."""
+  """A compiled, state-donating train step for the chosen parallel layout.
+
+  ``model``: ``MultiTaskModel`` or any model implementing ``jmtl.models.protocol``.
+  """
   kwargs = dict(model=model, balancer=balancer, optimizer=optimizer, grad_mode=grad_mode,
                 dropout=dropout, log_cosines=log_cosines)
   donate_argnums = (0,) if donate else ()

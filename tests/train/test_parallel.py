@@ -25,8 +25,8 @@ SCRIPT = textwrap.dedent("""
 
     tasks = (TaskSpec("topic", "classification", 3), TaskSpec("pos", "tagging", 5),
              TaskSpec("score", "regression"))
-    model = MultiTaskModel(TINY, tasks)
     layout, method, grad_mode, n = {layout!r}, {method!r}, {grad_mode!r}, {n}
+    model = MultiTaskModel(TINY, tasks, layout=layout)
     def batch_at(step):
       if layout == "multi_input":
         return {{s.name: make_batch((s,), batch_size=8, seed=100 * step + i)

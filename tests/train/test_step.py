@@ -61,3 +61,38 @@ def test_metrics_carry_weights_and_cosines():
   assert weights.shape == (3,) and cosines.shape == (3, 3)
   np.testing.assert_allclose(np.diag(cosines), 1.0, rtol=1e-5)
   assert np.all(np.abs(cosines) <= 1 + 1e-5)
+
+
+def _sgd_change(model, balancer, batch, params=None, seed=0):
+  """Params before, and their change after one jitted SGD(lr=1) step (= the step's gradient)."""
+  optimizer = optax.sgd(1.0)
+  state = jax.jit(lambda: create_train_state(model, balancer, optimizer, batch, seed))()
+  if params is not None:
+    state = state.replace(params=params)
+  before = jax.tree.map(np.asarray, state.params)
+  state, metrics = make_train_step(model, balancer, optimizer, dropout=False)(state, batch)
+  return before, jax.tree.map(lambda b, a: b - np.asarray(a), before, state.params), metrics
+
+
+@pytest.mark.parametrize("method", ["mgda", "upgrad"])
+def test_task_without_labels_is_left_out_of_balancing(method):
+  """A mixture batch in which "score" has no labelled row: MGDA-type methods balance the two
+  present tasks (exactly as a two-task model would), not a zero gradient that makes the
+  min-norm point zero; the absent task's head does not move."""
+  tasks = TASKS[:3]  # topic, score, pos
+  batch = make_batch(tasks, seed=5)
+  batch["score_mask"] = np.zeros_like(batch["score_mask"])
+  model = MultiTaskModel(TINY, tasks)
+  before, change, metrics = _sgd_change(model, get(method, num_tasks=3), batch)
+  assert float(optax.tree.norm(change["encoder"])) > 1e-3
+  for leaf in jax.tree.leaves(change["heads"]["score"]):
+    np.testing.assert_array_equal(leaf, 0.0)
+  assert float(metrics["weights"][1]) == 0.0
+
+  present = (tasks[0], tasks[2])
+  pair = MultiTaskModel(TINY, present)
+  pair_params = {"encoder": before["encoder"],
+                 "heads": {t.name: before["heads"][t.name] for t in present}}
+  _, pair_change, _ = _sgd_change(pair, get(method, num_tasks=2), batch, params=pair_params)
+  jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-7),
+               change["encoder"], pair_change["encoder"])
