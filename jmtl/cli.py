@@ -3,7 +3,8 @@
   jmtl train --config configs/default.py --workdir runs/default [--config.KEY=VALUE ...]
   jmtl train --workdir runs/default [--config.train.steps=N]   (resume with the saved config)
   jmtl eval  --workdir runs/default [--checkpoint STEP | --best] [--split test]
-  jmtl data prepare SUITE [--data_dir DIR] [--force]
+  jmtl data prepare SUITE [--data_dir DIR] [--force] [--min_label_count N] [tokenizer options]
+  jmtl data inspect SUITE [--split S] [--examples N] [--task T ...] [tokenizer options]
   jmtl bench NAME [ARGS ...]          (runs benchmarks/NAME.py from the repository)
 """
 
@@ -36,12 +37,24 @@ def _parser() -> argparse.ArgumentParser:
       which.add_argument("--checkpoint", type=int, help="step to evaluate (default: newest)")
       which.add_argument("--best", action="store_true", help="the best checkpoint")
       p.add_argument("--split", default="validation", choices=("validation", "test", "train"))
-  data = commands.add_parser("data", help="prepare datasets").add_subparsers(
+  data = commands.add_parser("data", help="prepare and look at datasets").add_subparsers(
       dest="data_command", required=True)
-  prepare = data.add_parser("prepare", help="download and build a suite")
-  prepare.add_argument("suite")
-  prepare.add_argument("--data_dir", default=None)
+  prepare = data.add_parser("prepare", help="download and build a suite; report its labels")
+  inspect = data.add_parser("inspect", help="show tokenized examples with their labels")
+  for p in (prepare, inspect):
+    p.add_argument("suite", help="a built-in suite name, a suite .json file, or a suite "
+                   "prepared earlier")
+    p.add_argument("--data_dir", default=None)
+    p.add_argument("--max_len", type=int, default=64)
+    p.add_argument("--vocab_size", type=int, default=8000)
+    p.add_argument("--vocab_file", default=None, help="a BERT vocab.txt instead of training one")
+    p.add_argument("--cased", action="store_true", help="do not lowercase")
   prepare.add_argument("--force", action="store_true", help="rebuild even if present")
+  prepare.add_argument("--min_label_count", type=int, default=5,
+                       help="warn about labels seen fewer times in train")
+  inspect.add_argument("--split", default="train", choices=("train", "validation", "test"))
+  inspect.add_argument("--examples", type=int, default=3, help="examples per input dataset")
+  inspect.add_argument("--task", action="append", help="only these tasks (repeatable)")
   bench = commands.add_parser("bench", help="run a benchmark script from benchmarks/")
   bench.add_argument("name")
   bench.add_argument("args", nargs=argparse.REMAINDER)
@@ -65,6 +78,20 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
       rest.append(arg)
     i += 1
   return rest, overrides
+
+
+def _data(args: argparse.Namespace) -> None:
+  from jmtl import data
+  from jmtl.data import report
+  tokenizer = dict(max_len=args.max_len, lowercase=not args.cased, vocab_size=args.vocab_size,
+                   vocab_file=args.vocab_file)
+  if args.data_command == "prepare":
+    data.prepare(args.suite, args.data_dir, force=args.force,
+                 min_label_count=args.min_label_count, **tokenizer)
+  else:
+    suite = data.load_suite(args.suite, args.data_dir, **tokenizer)
+    for line in report.inspect_lines(suite, args.split, args.examples, args.task):
+      print(line)
 
 
 def _bench(name: str, args: list[str]) -> None:
@@ -92,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
   from jmtl.train.loop import NonFiniteLossError
   try:
     if args.command == "data":
-      from jmtl import data
-      data.prepare(args.suite, args.data_dir, force=args.force)
+      _data(args)
     elif args.command == "bench":
       _bench(args.name, args.args)
     else:

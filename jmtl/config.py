@@ -27,6 +27,8 @@ class ConfigError(ValueError):
 
 
 OPEN_SECTIONS = ("balancer",)
+# Keys that hold a positive int or a {task: positive int} mapping.
+PER_TASK_KEYS = ("data.batch_size",)
 
 
 def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
@@ -49,12 +51,23 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
 
 def config_from_dict(values: Mapping[str, Any]) -> ml_collections.ConfigDict:
   """A config saved as JSON (``to_json``) back as a ConfigDict; JSON lists become tuples, as
-  every sequence in ``base_config`` is one."""
+  every sequence in ``base_config`` is one, and ``PER_TASK_KEYS`` take an int or a mapping."""
   def tuples(value):
     if isinstance(value, Mapping):
       return {k: tuples(v) for k, v in value.items()}
     return tuple(tuples(v) for v in value) if isinstance(value, list) else value
-  return ml_collections.ConfigDict(tuples(values))
+  values = tuples(values)
+  per_task = {}
+  for key in PER_TASK_KEYS:  # set after construction, which would make a mapping a ConfigDict
+    section, _, leaf = key.rpartition(".")
+    node = values.get(section) if section else values
+    if isinstance(node, dict) and leaf in node:
+      per_task[(section, leaf)] = node[leaf]
+      node[leaf] = ml_collections.FieldReference(1, field_type=object)
+  config = ml_collections.ConfigDict(values)
+  for (section, leaf), value in per_task.items():
+    (config[section] if section else config)[leaf] = value
+  return config
 
 
 def with_overrides(config: ml_collections.ConfigDict,
@@ -90,6 +103,9 @@ def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
     node = node[part]
   leaf = parts[-1]
   value = _parse_value(text)
+  if key in PER_TASK_KEYS:
+    node[leaf] = per_task_int(key, value)
+    return
   if leaf not in node:
     if node.is_locked:
       raise ConfigError(_unknown(key, ".".join(path), node))
@@ -111,6 +127,40 @@ def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
     node[leaf] = value
   except (TypeError, KeyError, AttributeError) as e:
     raise ConfigError(f"config key {key!r}: {e}") from None
+
+
+def per_task_int(key: str, value: Any, task_names: Sequence[str] | None = None
+                 ) -> int | dict[str, int]:
+  """``value`` checked as a positive int or a ``{task: positive int}`` mapping whose
+  tasks are among ``task_names`` (when given); a ConfigError names ``key``."""
+  positive = lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0
+  if positive(value):
+    return value
+  if not isinstance(value, Mapping) or not value:
+    raise ConfigError(f"config key {key!r} expects a positive int or a {{task: int}} mapping, "
+                      f"got {value!r}")
+  bad = {k: v for k, v in value.items() if not isinstance(k, str) or not positive(v)}
+  if bad:
+    raise ConfigError(f"config key {key!r}: expected task name -> positive int, got {bad}")
+  if task_names is not None:
+    unknown = sorted(set(value) - set(task_names))
+    if unknown:
+      raise ConfigError(f"config key {key!r} names {unknown}, not tasks of the suite "
+                        f"({', '.join(task_names)})")
+  return dict(value)
+
+
+def batch_size_of(config: ml_collections.ConfigDict, task_names: Sequence[str] | None = None
+                  ) -> int | dict[str, int]:
+  """``data.batch_size`` checked (see ``per_task_int``); ``task_names`` are the tasks
+  it may name (``jmtl.data.validate_suite_spec`` gives them before any build). A
+  mapping needs ``data.sampler='all'`` (a mixture batch has one size)."""
+  value = per_task_int("data.batch_size", config.data.batch_size, task_names)
+  if isinstance(value, dict) and config.data.sampler != "all":
+    raise ConfigError(f"config key 'data.batch_size': a per-task mapping needs "
+                      f"data.sampler='all'; sampler {config.data.sampler!r} draws one mixture "
+                      "batch of a single size")
+  return value
 
 
 def _unknown(key: str, section: str, node: ml_collections.ConfigDict) -> str:
@@ -185,7 +235,8 @@ def base_config() -> ml_collections.ConfigDict:
       vocab_file="",  # a WordPiece vocab.txt (e.g. a pretrained BERT's) instead of training one
       lowercase=True,
       sampler="all",  # all | uniform | proportional | temperature | annealed
-      batch_size=16,  # per task with sampler="all"; rows per mixture batch otherwise
+      # Per task with sampler="all" (an int, or {task: int}); rows per mixture batch otherwise.
+      batch_size=ml_collections.FieldReference(16, field_type=object),
       temperature=2.0,
       size_cap=0,  # 0 = none
       anneal=(1.0, 5.0, 1000),  # (T0, T1, steps) for sampler="annealed"

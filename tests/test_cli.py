@@ -70,7 +70,7 @@ def test_train_then_eval(tiny, tmp_path):
     (["--config.balancer.name=pcgrads"], "unknown balancer 'pcgrads'.*Did you mean 'pcgrad'.*Valid names:.*mgda"),
     (["--config.balancer.name=gradnorm", "--config.balancer.alpah=1"], "gradnorm.*does not take.*alpah.*alpha"),
     (["--config.train.stepz=3"], "unknown config key 'train.stepz'"),
-    (["--config.data.suite=/nonexistent/suite.json"], "suite file '/nonexistent/suite.json' does not exist"),
+    (["--config.data.suite=/nonexistent/suite.json"], "suite file /nonexistent/suite.json: does not exist"),
     (["--config.data.tasks=(\"nope\",)"], "data.tasks names \\['nope'\\] not in suite"),
 ])
 def test_bad_input_is_one_clear_error(tiny, tmp_path, extra, message):

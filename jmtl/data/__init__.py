@@ -8,7 +8,8 @@ corpora inside PyPI packages (``ud_tr``, ``en_mix``) or, where apt/npm exist,
 Debian and npm packages (``pattern_en``, ``brown``). The data_dir defaults to
 ``$JMTL_DATA_DIR`` or ``~/.cache/jmtl/data``.
 
-A suite of your own files is a mapping::
+A suite of your own files is a mapping, or the same as a JSON file (its
+relative paths are relative to the file; ``jmtl data prepare suite.json``)::
 
   {"name": "my_suite",                 # folder name under data_dir
    "layout": "multi_input",            # or "same_input"
@@ -53,9 +54,18 @@ task. Keys:
   ``dataset`` (``"glue/sst2"``), ``tfds_data_dir``, ``splits`` (ours -> theirs),
   ``text``/``text_pair`` or ``tokens`` (feature names), task ``label`` (feature).
 
-Bad input raises ``DataError`` naming the file and line (or the config key) and
-the problem; a build happens in a temporary folder renamed into place, so a
-failure leaves earlier builds intact.
+Bad input raises ``DataError`` naming the file and line (or the exact config
+key path, with the nearest valid key for a typo) and the problem; a file that
+does not decode names the line and the ``encoding`` key. ``validate_suite_spec``
+checks a suite before any download or build. A build happens in a temporary
+folder renamed into place, so a failure leaves earlier builds intact.
+
+Every loaded ``Suite`` carries ``fingerprints`` (one hex digest for the
+tokenizer, one per task: source file contents, build settings, label set);
+``compare_fingerprints(saved, current)`` raises ``DataMismatchError`` naming
+what changed, so a checkpoint never silently meets other token or label ids.
+Tokenizer training is deterministic: the same texts give the same vocabulary in
+every process.
 """
 
 from jmtl.data.batching import Row
@@ -63,11 +73,15 @@ from jmtl.data.batching import bucket_length
 from jmtl.data.batching import collate
 from jmtl.data.batching import mask_tokens
 from jmtl.data.errors import DataError
+from jmtl.data.errors import DataMismatchError
 from jmtl.data.errors import SourceUnavailable
+from jmtl.data.fingerprints import compare_fingerprints
 from jmtl.data.loading import SUITES
 from jmtl.data.loading import load_suite
 from jmtl.data.loading import prepare
 from jmtl.data.pipeline import Suite
 from jmtl.data.pipeline import TrainIterator
 from jmtl.data.samplers import Sampler
+from jmtl.data.spec import read_suite_file
+from jmtl.data.spec import validate_suite_spec
 from jmtl.data.store import default_data_dir

@@ -6,7 +6,9 @@ offending key (``tasks[1].columns`` ...), so a typo never passes silently.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
+import difflib
 import hashlib
 import json
 import os
@@ -36,6 +38,7 @@ _FORMAT_KEYS = {
     "text": set(),
     "tfds": {"dataset", "tfds_data_dir", "splits", "text", "text_pair", "tokens"},
 }
+_ALL_FORMAT_KEYS = set().union(*_FORMAT_KEYS.values())
 _TASK_KEYS = {"name", "kind", "label", "labels", "on_unseen_label", "max_head_distance",
               "metrics", "main_metric", "higher_is_better"}
 _SUITE_KEYS = {"name", "layout", "tasks", "source", "root"}
@@ -108,7 +111,6 @@ class SuiteConfig:
   name: str
   layout: str
   sources: tuple[SourceConfig, ...]
-  fingerprint: str
 
   @property
   def tasks(self) -> tuple[TaskConfig, ...]:
@@ -121,10 +123,28 @@ def dataset_name(name: str) -> str:
   return clean if clean[0].isalpha() else f"d_{clean}"
 
 
-def _check_keys(mapping: Mapping, allowed: set[str], where: str) -> None:
-  unknown = sorted(set(mapping) - allowed)
-  if unknown:
-    raise DataError(f"{where}.{unknown[0]}: unknown key (allowed: {', '.join(sorted(allowed))})")
+def _check_keys(mapping: Mapping, allowed: set[str], where: str,
+                elsewhere: Mapping[str, str] | None = None) -> None:
+  """Refuses keys outside ``allowed``; ``elsewhere`` maps a key that is valid in
+  another place to where it belongs, and a typo gets the nearest valid key."""
+  for key in sorted(set(mapping) - allowed, key=str):
+    if elsewhere and key in elsewhere:
+      raise DataError(f"{where}.{key}: {elsewhere[key]}")
+    close = difflib.get_close_matches(str(key), sorted(allowed), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(sorted(allowed))}"
+    raise DataError(f"{where}.{key}: unknown key; {hint}")
+
+
+def _check_source_keys(mapping: Mapping, allowed: set[str], where: str) -> None:
+  """Keys of a source (or a multi-input task): typos first, then keys that only
+  another format reads, so a misspelt ``format`` is named as such."""
+  _check_keys(mapping, allowed | _SOURCE_KEYS | _ALL_FORMAT_KEYS, where)
+  fmt = mapping.get("format")
+  if fmt in _FORMAT_KEYS:
+    own = _FORMAT_KEYS[fmt]
+    reads = f"it reads {', '.join(sorted(own))}" if own else "it has no options"
+    _check_keys(mapping, allowed | _SOURCE_KEYS | own, where, dict.fromkeys(
+        _ALL_FORMAT_KEYS - own, f"not an option of format {fmt!r} ({reads})"))
 
 
 def _require(mapping: Mapping, key: str, where: str, kind: type | tuple = str) -> Any:
@@ -219,6 +239,11 @@ def _parse_source(source: Mapping, tasks: Sequence[Mapping], name: str, root: Pa
   parsed_tasks = tuple(_parse_task(t, fmt, w) for t, w in zip(tasks, task_where))
   options = {k: source[k] for k in _FORMAT_KEYS[fmt] if k in source}
   options["encoding"] = source.get("encoding", "utf-8")
+  try:
+    codecs.lookup(options["encoding"])
+  except (LookupError, TypeError):
+    raise DataError(f"{where}.encoding: unknown encoding {options['encoding']!r} (e.g. "
+                    "\"utf-8\", \"latin-1\", \"cp1252\")") from None
   if fmt == "conll":
     columns = _require(source, "columns", where, Mapping)
     if "token" not in columns:
@@ -252,10 +277,14 @@ def _parse_source(source: Mapping, tasks: Sequence[Mapping], name: str, root: Pa
 
 
 def parse_suite(config: Mapping) -> SuiteConfig:
-  """Checks a suite mapping (see ``jmtl.data``) and returns a ``SuiteConfig``."""
+  """Checks a suite mapping (see ``jmtl.data``) and returns a ``SuiteConfig``.
+
+  Reads no file: a schema error surfaces before any download or build.
+  """
   if not isinstance(config, Mapping):
     raise DataError(f"suite config: expected a mapping, got {type(config).__name__}")
-  _check_keys(config, _SUITE_KEYS, "suite")
+  _check_keys(config, _SUITE_KEYS, "suite", dict.fromkeys(
+      _TASK_KEYS | _SOURCE_KEYS | _ALL_FORMAT_KEYS, "belongs to a task (or to 'source')"))
   name = _require(config, "name", "suite")
   if "/" in name or name.startswith((".", "_")):
     raise DataError(f"suite.name: {name!r} cannot be a folder name")
@@ -267,29 +296,33 @@ def parse_suite(config: Mapping) -> SuiteConfig:
     raise DataError("suite.tasks: needs at least one task")
   root = Path(config.get("root", ".")).expanduser()
   task_where = [f"tasks[{i}]" for i in range(len(tasks))]
+  source_keys = _SOURCE_KEYS | _ALL_FORMAT_KEYS
   for task, where in zip(tasks, task_where):
     if not isinstance(task, Mapping):
       raise DataError(f"{where}: expected a mapping, got {task!r}")
+    if layout == "same_input":
+      _check_keys(task, _TASK_KEYS, where, dict.fromkeys(
+          source_keys, "a same_input suite reads its input from 'source'; move the key there"))
+    else:
+      _check_source_keys(task, _TASK_KEYS, where)
   names = [_require(t, "name", w) for t, w in zip(tasks, task_where)]
   for i, task_name in enumerate(names):
+    if task_name == "tokenizer":  # a key of Suite.fingerprints
+      raise DataError(f"{task_where[i]}.name: 'tokenizer' is reserved; choose another name")
     if task_name in names[:i]:
       raise DataError(f"{task_where[i]}.name: duplicate task name {task_name!r}")
   if layout == "same_input":
     source = _require(config, "source", "suite", Mapping)
+    _check_source_keys(source, set(), "source")
     for task, where in zip(tasks, task_where):
-      _check_keys(task, _TASK_KEYS, where)
       if task.get("kind") == "mlm":
         raise DataError(f"{where}.kind: mlm needs its own input; use layout multi_input")
-    fmt = source.get("format")
-    _check_keys(source, _SOURCE_KEYS | _FORMAT_KEYS.get(fmt, set()), "source")
     sources = (_parse_source(source, tasks, name, root, "source", task_where),)
   else:
     if "source" in config:
       raise DataError("suite.source: only a same_input suite has one shared source")
     sources = []
     for task, where in zip(tasks, task_where):
-      fmt = task.get("format")
-      _check_keys(task, _TASK_KEYS | _SOURCE_KEYS | _FORMAT_KEYS.get(fmt, set()), where)
       src = {k: v for k, v in task.items() if k not in _TASK_KEYS}
       sources.append(_parse_source(src, [task], task["name"], root, where, [where]))
     sources = tuple(sources)
@@ -297,17 +330,17 @@ def parse_suite(config: Mapping) -> SuiteConfig:
     if len(set(dataset_names)) != len(dataset_names):
       raise DataError(f"suite.tasks: task names {names} clash once made dataset names "
                       f"{dataset_names}")
-  return SuiteConfig(name=name, layout=layout, sources=sources,
-                     fingerprint=_fingerprint(config, sources))
+  return SuiteConfig(name=name, layout=layout, sources=sources)
 
 
-def _fingerprint(config: Mapping, sources: Sequence[SourceConfig]) -> str:
+def build_trigger(config: Mapping, suite: SuiteConfig) -> str:
   """Hash of the config and of the size and mtime of every input file.
 
-  A changed file or config rebuilds the suite on the next load.
+  Cheap (no file is read): a changed file or config rebuilds the suite on the
+  next load. What the data IS is ``jmtl.data.fingerprints``' job.
   """
   digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
-  for source in sources:
+  for source in suite.sources:
     for _, paths in source.files:
       for path in paths:
         for file in sorted(path.rglob("*")) if path.is_dir() else [path]:

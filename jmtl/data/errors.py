@@ -15,6 +15,10 @@ class SourceUnavailable(DataError):
   """An optional suite whose tool (apt-get, npm) is missing on this machine."""
 
 
+class DataMismatchError(DataError):
+  """Data that differs from the data a run was trained on (see ``compare_fingerprints``)."""
+
+
 def at(path, line: int | None, problem: str) -> DataError:
   """A ``DataError`` that names the file, the 1-based line and the problem."""
   where = f"{path}:{line}" if line is not None else f"{path}"

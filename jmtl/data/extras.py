@@ -31,6 +31,7 @@ from jmtl.data.packages import sha256_file, tree_digest
 
 Log = Callable[[str], None]
 VERSIONS = {"pattern_en": "pattern_en-1", "brown": "brown-1"}
+TASKS = {"pattern_en": ("pang_lee_sentiment", "oanc_pos"), "brown": ("brown_pos", "genre")}
 
 _PATTERN_DIR = "usr/share/doc/python3-pattern/test/corpora/"
 _PATTERN_FILES = {

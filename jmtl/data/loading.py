@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from jmtl.data import encode, extras, store, suites, tokenize
-from jmtl.data.config import SPLITS, TaskConfig
+from jmtl.data import encode, extras, fingerprints, report, spec, store, suites, tokenize
+from jmtl.data.config import SPLITS, SuiteConfig, TaskConfig, parse_suite
 from jmtl.data.errors import DataError
 from jmtl.data.pipeline import Suite, _Source
 from jmtl.tasks import TaskSpec
@@ -17,6 +18,9 @@ Log = Callable[[str], None]
 
 
 def _ensure(suite: str | Mapping[str, Any], data_dir, *, force: bool, log: Log):
+  if spec.is_suite_file(suite):  # schema errors name the file, before any work
+    spec.validate_suite_spec(suite)
+    suite = spec.read_suite_file(suite)
   data_dir = store.resolve(data_dir)
   if isinstance(suite, Mapping):
     name = suite.get("name")
@@ -32,32 +36,35 @@ def _ensure(suite: str | Mapping[str, Any], data_dir, *, force: bool, log: Log):
   manifest = store.read_manifest(data_dir / str(suite))
   if manifest is None:
     raise DataError(f"suite {suite!r}: not a built-in suite ({', '.join(SUITES)}) and not "
-                    f"built in {data_dir}; pass a config mapping to build it")
-  from jmtl.data.config import parse_suite  # pylint: disable=g-import-not-at-top
+                    f"built in {data_dir}; pass a suite .json file or mapping to build it")
   return data_dir, (parse_suite(manifest["config"]), manifest)
 
 
 def prepare(suite: str | Mapping[str, Any], data_dir: str | os.PathLike | None = None, *,
-            force: bool = False, log: Log = print) -> dict[str, dict[str, int]]:
-  """Builds (or reuses) a suite and returns per task its split sizes and label count.
+            force: bool = False, log: Log = print, min_label_count: int = 5,
+            **tokenizer: Any) -> dict[str, dict[str, int]]:
+  """Builds (or reuses) a suite, tokenizes it, and reports what is in it.
 
   Args:
-    suite: a name in ``SUITES`` or a suite config mapping (see ``jmtl.data``).
+    suite: a name in ``SUITES``, a suite ``.json`` file, or a suite config
+      mapping (see ``jmtl.data``).
     data_dir: defaults to ``$JMTL_DATA_DIR`` or ``~/.cache/jmtl/data``.
     force: rebuild even when an up-to-date build exists.
-    log: receives one line per step and per task.
+    log: receives the build's progress, then per task and split the examples,
+      labels with their counts, truncation, and label warnings
+      (``jmtl.data.report``).
+    min_label_count: labels seen fewer times in train are warned about.
+    **tokenizer: ``max_len``, ``lowercase``, ``vocab_size``, ``vocab_file`` as in
+      ``load_suite`` (they decide truncation).
 
   Returns:
     ``{task: {"train": n, "validation": n, "test": n, "labels": k}}``.
   """
   data_dir, (parsed, manifest) = _ensure(suite, data_dir, force=force, log=log)
-  # Train the default tokenizer and tokenize once: reports truncation, warms the cache.
-  loaded = load_suite(parsed.name, data_dir, log=log)
-  result = store.summary(parsed, manifest, loaded.vocab_size)
-  for task, counts in result.items():
-    log(f"{parsed.name}/{task}: train {counts['train']}, validation {counts['validation']}, "
-        f"test {counts['test']}, {counts['labels']} labels")
-  return result
+  loaded = _tokenized(parsed, manifest, data_dir, log=log, **tokenizer)
+  for line in report.prepare_lines(loaded, manifest, min_label_count):
+    log(line)
+  return store.summary(parsed, manifest, loaded.vocab_size)
 
 
 def _spec(task: TaskConfig, entry: Mapping[str, Any], vocab_size: int) -> TaskSpec:
@@ -81,7 +88,8 @@ def load_suite(name_or_config: str | Mapping[str, Any],
 
   Args:
     name_or_config: a name in ``SUITES``, the name of a suite built earlier in
-      ``data_dir``, or a config mapping describing local files.
+      ``data_dir``, a suite ``.json`` file, or a config mapping describing
+      local files.
     data_dir: defaults to ``$JMTL_DATA_DIR`` or ``~/.cache/jmtl/data``.
     max_len: longest sequence in tokens, [CLS] and [SEP] included.
     lowercase: lowercase before WordPiece.
@@ -91,6 +99,21 @@ def load_suite(name_or_config: str | Mapping[str, Any],
     log: receives progress and truncation lines.
   """
   data_dir, (parsed, manifest) = _ensure(name_or_config, data_dir, force=False, log=log)
+  suite = _tokenized(parsed, manifest, data_dir, max_len=max_len, lowercase=lowercase,
+                     vocab_size=vocab_size, vocab_file=vocab_file, buckets=buckets, log=log)
+  for source in suite.sources:
+    cut = {split: int(data.truncated.sum()) for split, data in source.splits.items()}
+    if any(cut.values()):
+      log(f"{parsed.name}/{','.join(t.name for t in source.tasks)}: truncated to "
+          f"max_len={max_len}: " + ", ".join(
+              f"{split} {count}/{len(source.splits[split])}" for split, count in cut.items()))
+  return suite
+
+
+def _tokenized(parsed: SuiteConfig, manifest: Mapping[str, Any], data_dir: Path, *,
+               max_len: int = 64, lowercase: bool = True, vocab_size: int = 8000,
+               vocab_file: str | os.PathLike | None = None,
+               buckets: Sequence[int] = (16, 32, 64), log: Log = print) -> Suite:
   suite_dir = data_dir / parsed.name
   if vocab_file is not None:
     tokenizer = tokenize.from_vocab_file(vocab_file, lowercase=lowercase)
@@ -105,11 +128,8 @@ def load_suite(name_or_config: str | Mapping[str, Any],
               for split in SPLITS if split in entry["sizes"]}
     specs = tuple(_spec(task, entry, wordpiece.vocab_size) for task in source.tasks)
     sources.append(_Source(source, specs, splits))
-  suite = Suite(parsed.name, parsed.layout, sources, wordpiece, buckets)
-  for source in sources:
-    cut = {split: int(data.truncated.sum()) for split, data in source.splits.items()}
-    if any(cut.values()):
-      log(f"{parsed.name}/{','.join(t.name for t in source.tasks)}: truncated to "
-          f"max_len={max_len}: " + ", ".join(
-              f"{split} {count}/{len(source.splits[split])}" for split, count in cut.items()))
-  return suite
+  identity = {fingerprints.TOKENIZER: fingerprints.tokenizer_fingerprint(
+      tokenizer.get_vocab(), lowercase=lowercase, vocab_file=vocab_file)}
+  identity.update(fingerprints.task_fingerprints(parsed.sources, manifest["sources"],
+                                                 where=str(suite_dir)))
+  return Suite(parsed.name, parsed.layout, sources, wordpiece, buckets, fingerprints=identity)

@@ -40,11 +40,15 @@ class Suite:
     vocab_size, pad_id, mask_id, cls_id, sep_id, unk_id: tokenizer facts.
     max_len: longest sequence; buckets: the padded lengths batches use.
     tokenizer: the ``tokenizers.Tokenizer`` (without truncation).
+    fingerprints: ``{"tokenizer": hex, task: hex, ...}``, what identifies the
+      data (see ``jmtl.data.fingerprints``); a checkpoint records them.
   """
 
   def __init__(self, name: str, layout: str, sources: Sequence[_Source],
-               wordpiece: tokenize.WordPiece, buckets: Sequence[int]):
+               wordpiece: tokenize.WordPiece, buckets: Sequence[int], *,
+               fingerprints: Mapping[str, str]):
     self.name = name
+    self._fingerprints = dict(fingerprints)
     self.layout = layout
     self._sources = tuple(sources)
     self._wordpiece = wordpiece
@@ -60,6 +64,10 @@ class Suite:
     self.truncation = {t.name: {split: int(data.truncated.sum())
                                 for split, data in s.splits.items()}
                        for s in self._sources for t in s.tasks}
+
+  @property
+  def fingerprints(self) -> dict[str, str]:
+    return dict(self._fingerprints)
 
   @property
   def sources(self) -> tuple[_Source, ...]:
@@ -100,16 +108,17 @@ class Suite:
   def train_iterator(self, batch_size: int | Mapping[str, int], *, sampler: str = "all",
                      temperature: float = 2.0, size_cap: float | None = None,
                      anneal: tuple[float, float, int] | None = None,
-                     seed: int = 0) -> TrainIterator:
+                     seed: int = 0, tasks: Sequence[str] | None = None) -> TrainIterator:
     """An endless, checkpointable iterator over training batches.
 
     Same-input suites yield same-input batches with every task's labels (the
     sampler does not apply). Multi-input suites yield ``{task: batch}`` with
-    ``sampler="all"`` (``batch_size`` may be per task), else one mixture batch
-    in the same-input layout whose rows' tasks are drawn from the sampler.
+    ``sampler="all"`` (``batch_size`` may be a ``{task: size}`` mapping, and
+    ``tasks`` limits which tasks are drawn), else one mixture batch in the
+    same-input layout whose rows' tasks are drawn from the sampler.
     """
     return TrainIterator(self, batch_size, sampler=sampler, temperature=temperature,
-                         size_cap=size_cap, anneal=anneal, seed=seed)
+                         size_cap=size_cap, anneal=anneal, seed=seed, tasks=tasks)
 
   def eval_batches(self, split: str, batch_size: int
                    ) -> Iterator[tuple[str | None, Batch]]:
@@ -165,20 +174,25 @@ class TrainIterator(grain.DatasetIterator):
 
   def __init__(self, suite: Suite, batch_size: int | Mapping[str, int], *, sampler: str,
                temperature: float, size_cap: float | None,
-               anneal: tuple[float, float, int] | None, seed: int):
+               anneal: tuple[float, float, int] | None, seed: int,
+               tasks: Sequence[str] | None = None):
     super().__init__()
     self._suite = suite
     self._seed = int(seed)
-    names = [t.name for t in suite.tasks]
+    known = [t.name for t in suite.tasks]
+    names = known if tasks is None else list(tasks)
+    if unknown := [n for n in names if n not in known]:
+      raise DataError(f"tasks: {unknown} are not tasks of suite {suite.name!r} ({', '.join(known)})")
     if suite.layout == "same_input" or sampler != "all":
       if isinstance(batch_size, Mapping):
         raise DataError("batch_size: a same-input or mixture batch has one size, got a mapping")
       self._sizes = {None: int(batch_size)}
     else:
       sizes = batch_size if isinstance(batch_size, Mapping) else dict.fromkeys(names, batch_size)
-      missing = sorted(set(names) - set(sizes))
-      if missing:
-        raise DataError(f"batch_size: no batch size for task {missing[0]!r}")
+      if unknown := sorted(set(sizes) - set(names)):
+        raise DataError(f"batch_size: {unknown} are not tasks drawn here ({', '.join(names)})")
+      if missing := [n for n in names if n not in sizes]:
+        raise DataError(f"batch_size: no batch size for task(s) {missing}")
       self._sizes = {n: int(sizes[n]) for n in names}
     if any(b <= 0 for b in self._sizes.values()):
       raise DataError(f"batch_size: must be positive, got {batch_size}")
@@ -210,6 +224,8 @@ class TrainIterator(grain.DatasetIterator):
       per_task = {}
       for index, source in enumerate(suite.sources):
         task = source.tasks[0]
+        if task.name not in self._sizes:
+          continue
         per_task[task.name] = (task, self._take(index, self._sizes[task.name]))
       # One length for all tasks of a step: the step compiles once per bucket,
       # not once per combination of buckets.

@@ -26,13 +26,16 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from jmtl.data import encode, tokenize
+from jmtl.data import encode, fingerprints, tokenize
 from jmtl.data.builders import named
 from jmtl.data.builders.common import build_source
-from jmtl.data.config import SuiteConfig, parse_suite
+from jmtl.data.config import SuiteConfig, build_trigger, parse_suite
 from jmtl.data.errors import DataError
 
 MANIFEST = "suite.json"
+# Bump when what a build writes changes: stored builds of an older version are rebuilt.
+# 2: deterministic tokenizer training, data fingerprints in the manifest.
+BUILD_VERSION = 2
 
 
 def default_data_dir() -> Path:
@@ -123,7 +126,7 @@ def ensure(config: Mapping[str, Any] | None, data_dir: Path, name: str, *,
   """
   suite_dir = data_dir / name
   parsed = parse_suite(config) if config is not None else None
-  fingerprint = fingerprint or (parsed.fingerprint if parsed else None)
+  fingerprint = f"{fingerprint or build_trigger(config, parsed)}|build-{BUILD_VERSION}"
   with locked(data_dir, name):
     manifest = read_manifest(suite_dir)
     if manifest is not None and not force and manifest.get("fingerprint") == fingerprint:
@@ -137,7 +140,8 @@ def ensure(config: Mapping[str, Any] | None, data_dir: Path, name: str, *,
         config = stage(tmp / "_raw")
         parsed = parse_suite(config)
       log(f"{name}: building TFDS datasets (array_record)")
-      entries = [named.describe(s) if s.format == "tfds" else build_source(s, tmp)
+      entries = [fingerprints.record(named.describe(s) if s.format == "tfds"
+                                     else build_source(s, tmp), s, BUILD_VERSION)
                  for s in parsed.sources]
       manifest = {"name": name, "layout": parsed.layout, "fingerprint": fingerprint,
                   "config": json.loads(json.dumps(config, default=str)), "sources": entries}

@@ -29,6 +29,9 @@ Log = Callable[[str], None]
 
 # Bump a suite's version when its staging changes: stored builds are rebuilt.
 VERSIONS = {"ud_tr": "ud_tr-1", "en_mix": "en_mix-1"}
+# Task names, known before any download (a config is checked against them first).
+TASKS = {"ud_tr": ("upos", "deprel", "head_distance", "source"),
+         "en_mix": ("wnut16_ner", "bbc_topic", "ptb_mlm")}
 
 
 def _members(name: str, downloads: Path, log: Log) -> dict[str, bytes]:

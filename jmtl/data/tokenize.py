@@ -1,10 +1,10 @@
 """WordPiece tokenization through the ``tokenizers`` library.
 
 A tokenizer is either trained on a suite's training text or read from a BERT
-``vocab.txt`` (so a pretrained vocabulary drops in). Training is made
-deterministic: the trainer runs single-threaded (its multi-threaded merge order
-breaks ties differently run to run) and the learned vocabulary is renumbered in
-a canonical order (special tokens first, then sorted).
+``vocab.txt`` (so a pretrained vocabulary drops in). Training is deterministic
+(``jmtl.data.vocab`` counts and merges itself, breaking ties by the tokens), and
+the learned vocabulary is numbered in a canonical order (special tokens first,
+then sorted), so the same texts give the same ids in every process.
 
 Sequences are ``[CLS] a [SEP]`` or ``[CLS] a [SEP] b [SEP]`` (segment ids 0/1),
 truncated to ``max_len`` (longest-first for pairs); truncation is reported.
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -23,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
+from jmtl.data.vocab import count_words, learn
 from jmtl.data.errors import DataError
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
@@ -30,23 +29,6 @@ SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
 # Text past this many characters per allowed token is cut before tokenizing: it
 # would be truncated anyway, and long documents would dominate tokenizing time.
 _CHARS_PER_TOKEN = 16
-
-
-# Trains in a fresh interpreter: the trainer breaks ties between equally frequent
-# merges by hash-map order, which is the same in every new process but changes
-# with each training inside one process.
-_TRAIN_SCRIPT = """
-import sys
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-corpus, out, vocab_size, lowercase = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
-tokenizer = Tokenizer(models.WordPiece({"[UNK]": 0}, unk_token="[UNK]"))
-tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=False)
-tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=sys.argv[5:],
-                                    show_progress=False)
-tokenizer.train_from_iterator(open(corpus, encoding="utf-8"), trainer=trainer)
-tokenizer.save(out)
-"""
 
 
 def _assemble(vocab: dict[str, int], *, lowercase: bool, strip_accents: bool | None
@@ -64,21 +46,11 @@ def train(texts: Iterable[str], *, vocab_size: int, lowercase: bool) -> Tokenize
   Accents are kept (``strip_accents=False``): stripping them would merge
   distinct Turkish letters (c/ç, s/ş, g/ğ).
   """
-  with tempfile.TemporaryDirectory(prefix="jmtl-wordpiece-") as tmp:
-    corpus, out = Path(tmp) / "corpus.txt", Path(tmp) / "tokenizer.json"
-    with open(corpus, "w", encoding="utf-8") as handle:
-      for text in texts:
-        handle.write(" ".join(text.split()) + "\n")
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", RAYON_NUM_THREADS="1")
-    result = subprocess.run(
-        [sys.executable, "-c", _TRAIN_SCRIPT, str(corpus), str(out), str(vocab_size),
-         "1" if lowercase else "0", *SPECIAL_TOKENS],
-        capture_output=True, text=True, env=env, check=False)
-    if result.returncode != 0:
-      raise DataError(f"WordPiece training failed: {result.stderr.strip().splitlines()[-1:]}")
-    learned = sorted(set(load(out).get_vocab()) - set(SPECIAL_TOKENS))
-  vocab = {token: i for i, token in enumerate(list(SPECIAL_TOKENS) + learned)}
-  return _finish(_assemble(vocab, lowercase=lowercase, strip_accents=False))
+  counts = count_words(texts, lowercase=lowercase)
+  learned = sorted(set(learn(counts, vocab_size=vocab_size,
+                             special_tokens=SPECIAL_TOKENS)) - set(SPECIAL_TOKENS))
+  ids = {token: i for i, token in enumerate(list(SPECIAL_TOKENS) + learned)}
+  return _finish(_assemble(ids, lowercase=lowercase, strip_accents=False))
 
 
 def from_vocab_file(path: str | os.PathLike, *, lowercase: bool) -> Tokenizer:

@@ -27,7 +27,7 @@ from jmtl.train.baselines import train_single_task_baselines
 from jmtl.train.evaluate import evaluate, make_eval_fn, selection_score
 from jmtl.train.logging import MetricLogger
 from jmtl.train.parallel import make_train_step
-from jmtl.train.runs import read_json, suite_spec
+from jmtl.train.runs import read_json
 from jmtl.train.state import create_train_state
 
 
@@ -70,7 +70,7 @@ def build_optimizer(config: ml_collections.ConfigDict, total_steps: int):
 
 def load_suite(config: ml_collections.ConfigDict):
   d = config.data
-  suite = data.load_suite(suite_spec(d.suite), d.data_dir or None, max_len=d.max_len, lowercase=d.lowercase,
+  suite = data.load_suite(d.suite, d.data_dir or None, max_len=d.max_len, lowercase=d.lowercase,
                           vocab_size=d.vocab_size, vocab_file=d.vocab_file or None,
                           buckets=tuple(d.buckets))
   tasks = suite.tasks

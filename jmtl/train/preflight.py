@@ -14,10 +14,9 @@ import os
 import ml_collections
 
 from jmtl import balancers, data
-from jmtl.config import ConfigError, balancer_hparams
+from jmtl.config import ConfigError, balancer_hparams, batch_size_of
 from jmtl.data import samplers
-from jmtl.data.config import parse_suite
-from jmtl.train.runs import is_suite_file, suite_spec
+from jmtl.data.spec import is_suite_file
 
 GRAD_MODES = ("exact", "rep")
 PARALLELISM = ("none", "pmap", "sharded")
@@ -54,7 +53,7 @@ def _check_data_and_train(config: ml_collections.ConfigDict) -> None:
   _choice(d.sampler, samplers.NAMES, "data.sampler")
   _choice(t.parallelism, PARALLELISM, "train.parallelism")
   _choice(t.nan_policy, NAN_POLICIES, "train.nan_policy")
-  _positive(config, "data", "max_len", "vocab_size", "batch_size", "eval_batch_size")
+  _positive(config, "data", "max_len", "vocab_size", "eval_batch_size")
   _positive(config, "train", "steps", "log_every", "checkpoint_every", "keep_checkpoints",
             "eval_every", "num_devices", zero_ok=("eval_every", "num_devices"))
   if not d.buckets or any(not isinstance(b, int) or b < 1 for b in d.buckets):
@@ -65,28 +64,22 @@ def _check_data_and_train(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"train.best_metric {t.best_metric!r}: use 'score' or 'TASK/METRIC'")
 
 
-def _suite_tasks(config: ml_collections.ConfigDict) -> tuple[list[str] | None, str | None]:
-  """The suite's task names and layout when known before a build (from a suite file or an
-  earlier build in data_dir), else (None, None); a bad suite file raises here."""
+def _suite_tasks(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...] | None, str | None]:
+  """The suite's task names (when known before a build: a built-in suite, a suite file) and
+  its layout (a suite file's); a bad suite file raises here, naming the key path."""
   suite = config.data.suite
+  names = data.validate_suite_spec(suite)
   if is_suite_file(suite):
-    spec = suite_spec(suite)
-    validate = getattr(data, "validate_suite_spec", None)
-    try:
-      validate(spec) if validate is not None else parse_suite(spec)
-    except data.DataError as e:
-      raise data.DataError(f"data.suite {suite!r}: {e}") from None
-    return [t["name"] for t in spec["tasks"]], spec.get("layout", "multi_input")
-  if suite in data.SUITES:
-    return None, None
-  data_dir = config.data.data_dir or str(data.default_data_dir())
-  if not os.path.isfile(os.path.join(data_dir, suite, "suite.json")):
-    raise ConfigError(f"data.suite {suite!r}: not a built-in suite ({', '.join(data.SUITES)}), "
-                      f"not built in {data_dir} and not a suite .json file")
-  return None, None
+    return names, data.read_suite_file(suite).get("layout", "multi_input")
+  if names is None:
+    data_dir = config.data.data_dir or str(data.default_data_dir())
+    if not os.path.isfile(os.path.join(data_dir, suite, "suite.json")):
+      raise ConfigError(f"data.suite {suite!r}: not a built-in suite ({', '.join(data.SUITES)})"
+                        f", not built in {data_dir} and not a suite .json file")
+  return names, None
 
 
-def _check_tasks(config: ml_collections.ConfigDict, names: list[str] | None,
+def _check_tasks(config: ml_collections.ConfigDict, names: tuple[str, ...] | None,
                  layout: str | None) -> int | None:
   """The number of tasks the run trains, when known."""
   chosen = list(config.data.tasks)
@@ -127,6 +120,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not isinstance(config.balancer.name, str):
     raise ConfigError(f"balancer.name {config.balancer.name!r}: expected a name")
   names, layout = _suite_tasks(config)
+  batch_size_of(config, names)
   _check_balancer(config, _check_tasks(config, names, layout))
   if not isinstance(config.data.anneal, (tuple, list)) or len(config.data.anneal) != 3:
     raise ConfigError(f"data.anneal {config.data.anneal!r}: expected (T0, T1, steps)")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import datetime
-import hashlib
 import json
 import os
 import tempfile
@@ -22,6 +21,8 @@ from typing import Any
 import ml_collections
 
 from jmtl import data
+from jmtl.data.packages import sha256_file
+from jmtl.data.spec import is_suite_file, validate_suite_spec
 from jmtl.config import (ConfigError, config_from_dict, identity_mismatches, load_config,
                          to_json, with_overrides)
 from jmtl.train.checkpoint import CheckpointError
@@ -41,21 +42,6 @@ def read_json(path: str, what: str, hint: str = ""):
       raise ConfigError(f"{what} {path!r}: invalid JSON at line {e.lineno}: {e.msg}") from None
 
 
-def is_suite_file(suite: str) -> bool:
-  return suite.endswith(".json")
-
-
-def suite_spec(suite: str):
-  """A suite name, or the mapping in a JSON file describing the user's own data files
-  (relative paths in it are relative to the JSON file)."""
-  if not is_suite_file(suite):
-    return suite
-  spec = read_json(suite, "data.suite: suite file")
-  if isinstance(spec, dict):
-    spec.setdefault("root", os.path.dirname(os.path.abspath(suite)))
-  return spec
-
-
 def resolve_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A copy whose file paths are absolute, so the same file named from another folder (or
   relatively) is the same run input."""
@@ -70,20 +56,12 @@ def resolve_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   return config
 
 
-def _sha256(path: str) -> str:
-  with open(path, "rb") as f:
-    return hashlib.sha256(f.read()).hexdigest()
-
-
 def suite_record(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """What identifies the config's suite: its name, or its file's path, sha256 and tasks."""
   suite = config.data.suite
   if not is_suite_file(suite):
     return {"name": suite}
-  spec = suite_spec(suite)
-  tasks = [t.get("name") for t in spec.get("tasks", []) if isinstance(t, Mapping)] if isinstance(
-      spec, Mapping) else []
-  return {"path": suite, "sha256": _sha256(suite), "tasks": tasks}
+  return {"path": suite, "sha256": sha256_file(suite), "tasks": list(validate_suite_spec(suite))}
 
 
 def read_run(workdir: str) -> dict[str, Any] | None:
@@ -164,29 +142,26 @@ def record_event(workdir: str, event: str, **fields: Any) -> None:
     f.write(json.dumps(entry, default=str) + "\n")
 
 
-def run_fingerprints(suite, task_names: Sequence[str]) -> dict[str, str] | None:
+def run_fingerprints(suite, task_names: Sequence[str]) -> dict[str, str]:
   """The fingerprints of the data a run on ``task_names`` reads: its tasks and tokenizer."""
-  fingerprints = getattr(suite, "fingerprints", None)  # TODO(wt-data merge): always present
-  if fingerprints is None:
-    return None
-  return {k: v for k, v in fingerprints.items() if k == "tokenizer" or k in task_names}
+  return {k: v for k, v in suite.fingerprints.items() if k == "tokenizer" or k in task_names}
 
 
-def check_data(saved: Mapping[str, str] | None, current: Mapping[str, str] | None, *, where: str,
-               workdir: str | None = None, allow_change: bool = False,
-               say=print) -> None:
+def check_data(saved: Mapping[str, str] | None, current: Mapping[str, str], *, where: str,
+               workdir: str | None = None, allow_change: bool = False, say=print) -> None:
   """Refuses data whose fingerprints differ from those a checkpoint was trained on.
 
   Resume, eval, predict and init_from call this with the checkpoint's fingerprints
   (``Checkpoints.fingerprints(step)``; None for checkpoints that predate them: nothing to
-  check). A task set that differs is always refused (the model's heads would not match);
-  other changes pass with ``allow_change``, recorded in ``<workdir>/events.jsonl``.
+  check) and ``run_fingerprints(suite, task_names)``. A task set that differs is always
+  refused (the model's heads would not match); other changes pass with ``allow_change``
+  (``--allow-data-change``), recorded in ``<workdir>/events.jsonl``.
 
   Raises:
     CheckpointError: the tasks differ.
     DataMismatchError: the data differ and ``allow_change`` is False.
   """
-  if saved is None or current is None:
+  if saved is None:
     return
   saved_tasks, tasks = sorted(set(saved) - {"tokenizer"}), sorted(set(current) - {"tokenizer"})
   if saved_tasks != tasks:
@@ -195,14 +170,11 @@ def check_data(saved: Mapping[str, str] | None, current: Mapping[str, str] | Non
         "model's task heads do not match; select the same tasks (data.tasks) or start a new "
         "run with a new --workdir")
   try:
-    data.compare_fingerprints(saved, current)
+    data.compare_fingerprints(saved, current, accept_with="--allow-data-change")
   except data.DataMismatchError as e:
     if not allow_change:
-      raise data.DataMismatchError(
-          f"{e}\n{where} was trained on other data. To keep this run's data, rebuild the changed "
-          "data into another data_dir (--config.data.data_dir=DIR); to go on with the new data "
-          "anyway, pass --allow-data-change (recorded in the workdir's events.jsonl)") from None
-    say(f"warning: {where} was trained on other data; going on (--allow-data-change): {e}")
+      raise data.DataMismatchError(f"{where}: {e}") from None
+    say(f"warning: {where}: going on with other data (--allow-data-change): {e}")
     if workdir is not None:
       record_event(workdir, "data_change_allowed", where=where, change=str(e),
                    saved=dict(saved), current=dict(current))

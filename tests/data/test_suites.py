@@ -23,12 +23,15 @@ def test_prepare_ud_tr_then_reuse(shared_data_dir):
   assert result["upos"] == {"train": 3881, "validation": 485, "test": 485, "labels": 14}
   assert result["source"]["labels"] == 2 and result["deprel"]["labels"] == 44
   assert result["head_distance"]["labels"] == 17
-  assert "ud_tr/upos: train 3881, validation 485, test 485, 14 labels" in log
+  assert "ud_tr/upos (tagging): train 3881, validation 485, test 485 examples; 14 labels" in log
+  assert any(line.startswith("warning: upos: labels seen fewer than 5 times in train")
+             for line in log)
   start, again = time.perf_counter(), Lines()
   assert data.prepare("ud_tr", shared_data_dir, log=again) == result
   assert time.perf_counter() - start < 20
   assert not [line for line in again if "building" in line or "downloading" in line]
   suite = data.load_suite("ud_tr", shared_data_dir, log=again)
+  assert tuple(t.name for t in suite.tasks) == data.validate_suite_spec("ud_tr")
   specs = {t.name: t for t in suite.tasks}
   assert {"PRT", "CONJ", "ONOM", "AFFIX"} <= set(specs["upos"].label_names)  # UD v1 tags
   assert suite.layout == "same_input"
@@ -54,6 +57,7 @@ def test_prepare_en_mix_three_kinds(shared_data_dir):
   assert result["bbc_topic"] == {"train": 1781, "validation": 222, "test": 222, "labels": 5}
   assert result["ptb_mlm"] == {"train": 42068, "validation": 3370, "test": 3761, "labels": 8000}
   suite = data.load_suite("en_mix", shared_data_dir, log=log)
+  assert tuple(t.name for t in suite.tasks) == data.validate_suite_spec("en_mix")
   kinds = {t.name: str(t.kind) for t in suite.tasks}
   assert kinds == {"wnut16_ner": "tagging", "bbc_topic": "classification", "ptb_mlm": "mlm"}
   specs = {t.name: t for t in suite.tasks}

@@ -12,9 +12,6 @@ TEXTS = ["the cat sat on the mat", "the dog sat on the log", "cats and dogs", "P
 
 
 def test_training_puts_specials_first_and_round_trips_through_its_json():
-  # Not asserted: identical vocabularies from two trainings. tokenizers breaks ties between
-  # equally frequent pairs by a per-process random hash order; a suite's tokenizer is trained
-  # once and saved, so every run on a prepared suite uses the same one.
   first = tokenize.train(TEXTS, vocab_size=60, lowercase=True)
   from tokenizers import Tokenizer
   assert Tokenizer.from_str(first.to_str()).to_str() == first.to_str()
@@ -22,6 +19,63 @@ def test_training_puts_specials_first_and_round_trips_through_its_json():
   assert [vocab[t] for t in tokenize.SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
   assert len(vocab) <= 60
   assert "[CLS]" == first.id_to_token(first.encode("the cat").ids[0])
+
+
+def learned(texts, vocab_size):
+  """Tokens of more than one character that training added (specials left out)."""
+  vocab = tokenize.train(texts, vocab_size=vocab_size, lowercase=True).get_vocab()
+  return sorted(t for t in vocab if len(t.removeprefix("##")) > 1 and not t.startswith("["))
+
+
+def test_merges_follow_counts_then_the_pair_strings():
+  # Worked by hand. Alphabet a b c x y z + ##b ##c ##y ##z + 5 specials = 15 tokens.
+  # Pairs: (a,##b) 3, (a,##c) 2, (x,##y) 2, (##y,##z) 2.
+  texts = ["ab ab ab ac ac", "xyz xyz"]
+  assert learned(texts, 15) == []
+  assert learned(texts, 16) == ["ab"]  # the most frequent pair
+  # A three-way tie at 2: "##y" < "a" < "x" as strings, so (##y, ##z) first.
+  assert learned(texts, 17) == ["##yz", "ab"]
+  assert learned(texts, 18) == ["##yz", "ab", "ac"]
+  # (x, ##yz) now has count 2 and is the only pair left.
+  assert learned(texts, 19) == ["##yz", "ab", "ac", "xyz"]
+
+
+def test_ties_do_not_depend_on_the_order_of_the_texts():
+  # Each pair occurs once: the winner is the smaller pair of strings, whichever came first.
+  assert learned(["ab ac"], 11) == learned(["ac ab"], 11) == learned(["ac", "ab"], 11) == ["ab"]
+  lines = [line for line in TEXTS for _ in range(2)]
+  shuffled = np.random.default_rng(0).permutation(lines).tolist()
+  a = tokenize.train(lines, vocab_size=70, lowercase=True)
+  b = tokenize.train(shuffled, vocab_size=70, lowercase=True)
+  assert a.get_vocab() == b.get_vocab()
+
+
+_TRAIN_AND_PRINT = """
+import hashlib, json, sys
+from jmtl.data import tokenize
+texts = json.load(open(sys.argv[1]))
+tokenizer = tokenize.train(texts, vocab_size=int(sys.argv[2]), lowercase=True)
+print(json.dumps(sorted(tokenizer.get_vocab().items())))
+"""
+
+
+def test_training_gives_the_same_vocabulary_in_separate_processes(tmp_path):
+  import json
+  import os
+  import subprocess
+  import sys
+  # Many ties: every word occurs the same number of times.
+  words = ["".join(chr(97 + (i * 7 + k * 3) % 26) for k in range(3 + i % 5)) for i in range(300)]
+  corpus = tmp_path / "texts.json"
+  corpus.write_text(json.dumps([" ".join(words[i:i + 12]) for i in range(0, 300, 12)]))
+  vocabularies = []
+  for seed in ("0", "1", "12345"):
+    env = dict(os.environ, PYTHONHASHSEED=seed)
+    result = subprocess.run([sys.executable, "-c", _TRAIN_AND_PRINT, str(corpus), "120"],
+                            capture_output=True, text=True, env=env, check=True)
+    vocabularies.append(result.stdout)
+  assert len(json.loads(vocabularies[0])) == 120
+  assert vocabularies[0] == vocabularies[1] == vocabularies[2]
 
 
 def test_lowercase_is_configurable():

@@ -10,7 +10,6 @@ TensorFlow needed).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import logging
 import types
@@ -19,41 +18,22 @@ from typing import Any
 
 import numpy as np
 
+from jmtl.data import report
+from jmtl.data.builders import conll, conllu, folders, tabular
+from jmtl.data.builders.reading import Example
 from jmtl.data.config import SPLITS, SourceConfig, TaskConfig
 from jmtl.data.errors import DataError, at
 
 UNK_LABEL = "<unk>"
 VERSION = "1.0.0"
-
-
-@dataclasses.dataclass
-class Example:
-  """One parsed example and where it came from.
-
-  Attributes:
-    file: source file, for error messages.
-    line: 1-based line where the example starts.
-    tokens: words of a word-level example.
-    text: text of a text-level example.
-    text_pair: second text of a pair.
-    values: task name -> label (a str, a float, or a list of str per word).
-  """
-
-  file: str
-  line: int
-  tokens: list[str] | None = None
-  text: str | None = None
-  text_pair: str | None = None
-  values: dict[str, Any] = dataclasses.field(default_factory=dict)
+READERS = {"conll": conll.read, "conllu": conllu.read, "csv": tabular.read_csv,
+           "tsv": tabular.read_csv, "jsonl": tabular.read_jsonl, "text": tabular.read_text,
+           "folders": folders.read}
 
 
 def read_source(source: SourceConfig) -> dict[str, list[Example]]:
   """Reads every file of a source and divides it into splits."""
-  from jmtl.data.builders import conll, conllu, folders, tabular  # pylint: disable=g-import-not-at-top
-  readers = {"conll": conll.read, "conllu": conllu.read, "csv": tabular.read_csv,
-             "tsv": tabular.read_csv, "jsonl": tabular.read_jsonl, "text": tabular.read_text,
-             "folders": folders.read}
-  read = readers[source.format]
+  read = READERS[source.format]
   by_split: dict[str, list[Example]] = {}
   for split, paths in source.files:
     examples = []
@@ -232,6 +212,9 @@ def build_source(source: SourceConfig, data_dir: Path,
   for split, examples in by_split.items():
     if not examples:
       raise DataError(f"{source.where}: split {split!r} is empty")
+  # Counted before label_sets maps unseen labels to <unk>: the report names them.
+  label_counts = {t.name: report.count_labels(t.name, t.token_level, by_split)
+                  for t in source.tasks if t.kind in ("classification", "tagging")}
   labels = label_sets(source, by_split)
   has_pair = any(e.text_pair is not None for ex in by_split.values() for e in ex)
   with quiet_tfds() as tfds:
@@ -245,4 +228,5 @@ def build_source(source: SourceConfig, data_dir: Path,
       builder.download_and_prepare(download_dir=str(data_dir / "_tfds_downloads"))
   return {"dataset": source.name, "version": VERSION, "format": source.format,
           "token_level": source.token_level,
-          "labels": labels, "sizes": {split: len(e) for split, e in by_split.items()}}
+          "labels": labels, "label_counts": label_counts,
+          "sizes": {split: len(e) for split, e in by_split.items()}}

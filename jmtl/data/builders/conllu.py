@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jmtl.data.builders.common import Example
+from jmtl.data.builders.reading import Example, text_lines
 from jmtl.data.config import SourceConfig, TaskConfig
 from jmtl.data.errors import at
 
@@ -45,7 +45,7 @@ def read(path: Path, source: SourceConfig) -> list[Example]:
   current: Example | None = None
   comments: dict[str, str] = {}
   start = None
-  with open(path, encoding=source.option("encoding")) as lines:
+  with text_lines(path, source) as lines:
     for number, line in enumerate(lines, start=1):
       line = line.rstrip("\r\n")
       if not line.strip():

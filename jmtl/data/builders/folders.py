@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jmtl.data.builders.common import Example
+from jmtl.data.builders.reading import Example, decoded
 from jmtl.data.config import SourceConfig
 from jmtl.data.errors import at
 
@@ -24,11 +24,7 @@ def read(path: Path, source: SourceConfig) -> list[Example]:
     raise at(path, None, "no class subfolders")
   for folder in classes:
     for file in sorted(folder.glob(pattern)):
-      try:
-        text = file.read_text(encoding=source.option("encoding")).strip()
-      except UnicodeDecodeError as error:
-        raise at(file, None, f"cannot decode as {source.option('encoding')}: {error.reason}"
-                 ) from None
+      text = decoded(file, source).strip()
       if not text:
         raise at(file, 1, "empty text file")
       examples.append(Example(file=str(file), line=1, text=" ".join(text.split()),

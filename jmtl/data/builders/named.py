@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from jmtl.data.builders.common import quiet_tfds
 from jmtl.data.config import SPLITS, SourceConfig
 from jmtl.data.errors import DataError
 
 
 def _builder(source: SourceConfig):
-  from jmtl.data.builders.common import quiet_tfds  # pylint: disable=g-import-not-at-top
   with quiet_tfds() as tfds:
     try:
       return tfds.builder(source.option("dataset"), data_dir=source.option("tfds_data_dir"))
@@ -79,7 +79,6 @@ def describe(source: SourceConfig) -> dict[str, Any]:
 
 def data_source(source: SourceConfig, their_split: str):
   """Random-access records of one split through ``tfds.data_source``."""
-  from jmtl.data.builders.common import quiet_tfds  # pylint: disable=g-import-not-at-top
   with quiet_tfds() as tfds:
     return tfds.data_source(source.option("dataset"), split=their_split,
                             data_dir=source.option("tfds_data_dir"))

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from jmtl.data.builders.common import Example
+from jmtl.data.builders.reading import Example, text_lines
 from jmtl.data.config import SourceConfig, TaskConfig
 from jmtl.data.errors import at
 
@@ -54,7 +54,7 @@ def read_csv(path: Path, source: SourceConfig) -> list[Example]:
   delimiter = source.option("delimiter", "\t" if tsv else ",")
   quoting = csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL
   examples = []
-  with open(path, encoding=source.option("encoding"), newline="") as handle:
+  with text_lines(path, source, newline="") as handle:
     reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
     names = None
     if header:
@@ -107,7 +107,7 @@ def read_jsonl(path: Path, source: SourceConfig) -> list[Example]:
   tokens_key = source.option("tokens")
   text_key, pair_key = source.option("text"), source.option("text_pair")
   examples = []
-  with open(path, encoding=source.option("encoding")) as lines:
+  with text_lines(path, source) as lines:
     for number, line in enumerate(lines, start=1):
       if not line.strip():
         continue
@@ -148,6 +148,6 @@ def read_jsonl(path: Path, source: SourceConfig) -> list[Example]:
 
 
 def read_text(path: Path, source: SourceConfig) -> list[Example]:
-  with open(path, encoding=source.option("encoding")) as lines:
+  with text_lines(path, source) as lines:
     return [Example(file=str(path), line=number, text=line.strip())
             for number, line in enumerate(lines, start=1) if line.strip()]
