@@ -125,10 +125,7 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
   examples, restrict = train_iterator(config, suite, tasks)
   example = restrict(next(examples))
   if config.grad_mode == "rep" and "input_ids" not in example:
-    raise ConfigError(
-        f"grad_mode='rep' needs one shared input per step, but suite {suite.name!r} is "
-        f"multi_input with data.sampler='all' (one batch per task): pick a mixture sampler "
-        f"(data.sampler=uniform|proportional|temperature|annealed) or grad_mode='exact'")
+    raise preflight.rep_needs_one_input(suite.name)  # a built-in suite's layout shows here
   rep_shapes = None  # rep-grad balancers keep state shaped like the shared representation
   if config.grad_mode == "rep" and balancer.needs != "losses":
     rep_shapes = jax.eval_shape(lambda b: model.encode(

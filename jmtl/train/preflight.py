@@ -79,6 +79,13 @@ def _suite_tasks(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...] | N
   return names, None
 
 
+def rep_needs_one_input(suite: str) -> ConfigError:
+  return ConfigError(
+      f"grad_mode='rep' needs one shared input per step, but suite {suite!r} is multi_input "
+      "with data.sampler='all' (one batch per task): pick a mixture sampler "
+      "(data.sampler=uniform|proportional|temperature|annealed) or grad_mode='exact'")
+
+
 def _check_tasks(config: ml_collections.ConfigDict, names: tuple[str, ...] | None,
                  layout: str | None) -> int | None:
   """The number of tasks the run trains, when known."""
@@ -90,10 +97,7 @@ def _check_tasks(config: ml_collections.ConfigDict, names: tuple[str, ...] | Non
                         f"tasks: {', '.join(names)}")
   if (config.grad_mode == "rep" and layout == "multi_input" and config.data.sampler == "all"
       and len(chosen or names) > 1):
-    raise ConfigError(
-        f"grad_mode='rep' needs one shared input per step, but suite {config.data.suite!r} is "
-        "multi_input with data.sampler='all' (one batch per task): pick a mixture sampler "
-        "(data.sampler=uniform|proportional|temperature|annealed) or grad_mode='exact'")
+    raise rep_needs_one_input(config.data.suite)
   best = config.train.best_metric
   if names is not None and best != "score" and best.split("/")[0] not in (chosen or names):
     raise ConfigError(f"train.best_metric {best!r}: no task {best.split('/')[0]!r} in this run "

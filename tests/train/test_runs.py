@@ -140,3 +140,34 @@ def test_baselines_does_not_import_the_loop():
   code = ("import sys, jmtl.train.baselines; "
           "assert 'jmtl.train.loop' not in sys.modules, 'baselines imports loop'")
   subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_other_data_is_refused_unless_allowed_and_recorded(tmp_path):
+  from jmtl import data
+  from jmtl.train.checkpoint import Checkpoints
+  suite = write_tiny_suite(str(tmp_path / "suite"))
+  data_dir = str(tmp_path / "data_dir")
+  workdir = str(tmp_path / "run")
+  loop.train_and_evaluate(tiny_config(suite, data_dir, steps=2, checkpoint_every=2), workdir,
+                          out=QUIET)
+  checkpoints = Checkpoints(workdir, async_save=False)
+  saved = checkpoints.fingerprints(2)
+  checkpoints.close()
+  assert set(saved) == {"tokenizer", "ner", "topic", "lm"}
+  assert runs.read_run(workdir)["fingerprints"] == saved
+  with open(tmp_path / "suite" / "topic.train.csv", "a") as f:  # the data change; the suite
+    f.write("red dog ran,animal\n")                              # file stays the same
+  longer = tiny_config(suite, data_dir, steps=4, checkpoint_every=2)
+  with pytest.raises(data.DataMismatchError, match=r"step 2 .*task\(s\) topic.*--allow-data-change"):
+    loop.train_and_evaluate(longer, workdir, out=QUIET)
+  with pytest.raises(data.DataMismatchError, match="topic"):
+    loop.evaluate_checkpoint(longer, workdir, out=QUIET)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
+  result = loop.train_and_evaluate(longer, workdir, out=QUIET, allow_data_change=True)
+  assert result["step"] == 4
+  events = [json.loads(line) for line in open(os.path.join(workdir, "events.jsonl"))]
+  allowed = [e for e in events if e["event"] == "data_change_allowed"]
+  assert len(allowed) == 1 and "topic" in allowed[0]["change"]
+  checkpoints = Checkpoints(workdir, async_save=False)
+  assert checkpoints.fingerprints(4)["topic"] != saved["topic"]  # new checkpoints, new data
+  checkpoints.close()
