@@ -151,52 +151,8 @@ def identical(a, b) -> bool:
       for x, y in zip(leaves_a, leaves_b))
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--trials", type=int, default=10)
-  parser.add_argument("--kills-per-trial", type=int, default=2)
-  parser.add_argument("--steps", type=int, default=24)
-  parser.add_argument("--checkpoint-every", type=int, default=4)
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
-  args = parser.parse_args(argv)
-  rng = random.Random(args.seed)
-  root = tempfile.mkdtemp(prefix="jmtl-kill-")
-  suite = write_tiny_suite(os.path.join(root, "suite"))
-  shared_data = os.path.join(root, "data")
-  command = lambda workdir, data_dir: train_command(suite, data_dir, workdir, args.steps,
-                                                    args.checkpoint_every)
-  t0 = time.time()
-  reference_dir = os.path.join(root, "reference")
-  run_to_end(command(reference_dir, shared_data))
-  reference = final_state(reference_dir)
-  trials = []
-  for trial in range(args.trials):
-    workdir = os.path.join(root, f"trial{trial}")
-    phases = [rng.choice(PHASES) for _ in range(args.kills_per_trial)]
-    if trial < len(PHASES):  # every phase at least once, first kill of a trial
-      phases[0] = PHASES[trial]
-    data_dir = os.path.join(root, f"data{trial}") if "data" in phases[:1] else shared_data
-    kills, problems = [], []
-    for phase in phases:
-      if phase == "data" and kills:
-        phase = "step"  # data is prepared once per data_dir: only the first run prepares it
-      kill = kill_at(phase, command(workdir, data_dir), workdir, data_dir, rng)
-      problems += suites_complete(data_dir)
-      kills.append(kill)
-    stdout = run_to_end(command(workdir, data_dir))
-    resumed = re.search(r"resumed from step (\d+)", stdout)
-    resumed_step = int(resumed.group(1)) if resumed else 0
-    expected_step = (kills[-1]["steps_before"] or [0])[-1]
-    same = identical(final_state(workdir), reference)
-    trials.append({"trial": trial, "kills": kills, "resumed_from": resumed_step,
-                   "newest_complete_checkpoint": expected_step,
-                   "resumed_from_newest": resumed_step == expected_step,
-                   "identical_to_reference": same, "data_problems": problems})
-    print(f"trial {trial}: kills {[(k['phase'], k['in_phase'], k['steps_before'][-1:]) for k in kills]}"
-          f" resumed from {resumed_step} (newest complete {expected_step}), identical={same}"
-          + (f", data problems {problems}" if problems else ""), flush=True)
-    shutil.rmtree(workdir, ignore_errors=True)
+def write_results(args, trials: list[dict], seconds: float) -> dict:
+  """Writes kill_resume.json and .md for the trials so far; returns the summary."""
   all_kills = [k for t in trials for k in t["kills"]]
   summary = {
       "kills": sum(k["killed"] for k in all_kills),
@@ -208,7 +164,7 @@ def main(argv=None) -> int:
       "resumed_from_newest_checkpoint": sum(t["resumed_from_newest"] for t in trials),
       "identical_final_state": sum(t["identical_to_reference"] for t in trials),
       "half_written_datasets": sum(len(t["data_problems"]) for t in trials),
-      "seconds": round(time.time() - t0, 1),
+      "seconds": round(seconds, 1),
   }
   os.makedirs(args.out, exist_ok=True)
   payload = {"args": vars(args), "summary": summary, "trials": trials}
@@ -235,6 +191,56 @@ def main(argv=None) -> int:
             f"{summary['kills_in_phase']}\n\n"
             "| trial | kills | newest complete checkpoint | resumed from | identical | data "
             "problems |\n|---|---|---|---|---|---|\n" + rows + "\n")
+  return summary
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--trials", type=int, default=10)
+  parser.add_argument("--kills-per-trial", type=int, default=2)
+  parser.add_argument("--steps", type=int, default=24)
+  parser.add_argument("--checkpoint-every", type=int, default=4)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+  args = parser.parse_args(argv)
+  rng = random.Random(args.seed)
+  root = tempfile.mkdtemp(prefix="jmtl-kill-")
+  suite = write_tiny_suite(os.path.join(root, "suite"))
+  shared_data = os.path.join(root, "data")
+  command = lambda workdir, data_dir: train_command(suite, data_dir, workdir, args.steps,
+                                                    args.checkpoint_every)
+  t0 = time.time()
+  reference_dir = os.path.join(root, "reference")
+  run_to_end(command(reference_dir, shared_data))
+  reference = final_state(reference_dir)
+  trials = []
+  for trial in range(args.trials):
+    workdir = os.path.join(root, f"trial{trial}")
+    # Data is prepared once per data_dir, so only a trial's first kill can hit it; the first
+    # trial covers every phase in order, later ones draw them.
+    phases = [rng.choice(PHASES)] + [rng.choice(PHASES[1:]) for _ in range(args.kills_per_trial - 1)]
+    if trial == 0:
+      phases[:len(PHASES)] = PHASES[:args.kills_per_trial]
+    data_dir = os.path.join(root, f"data{trial}") if phases[0] == "data" else shared_data
+    kills, problems = [], []
+    for phase in phases:
+      kill = kill_at(phase, command(workdir, data_dir), workdir, data_dir, rng)
+      problems += suites_complete(data_dir)
+      kills.append(kill)
+    stdout = run_to_end(command(workdir, data_dir))
+    resumed = re.search(r"resumed from step (\d+)", stdout)
+    resumed_step = int(resumed.group(1)) if resumed else 0
+    expected_step = (kills[-1]["steps_before"] or [0])[-1]
+    same = identical(final_state(workdir), reference)
+    trials.append({"trial": trial, "kills": kills, "resumed_from": resumed_step,
+                   "newest_complete_checkpoint": expected_step,
+                   "resumed_from_newest": resumed_step == expected_step,
+                   "identical_to_reference": same, "data_problems": problems})
+    print(f"trial {trial}: kills {[(k['phase'], k['in_phase'], k['steps_before'][-1:]) for k in kills]}"
+          f" resumed from {resumed_step} (newest complete {expected_step}), identical={same}"
+          + (f", data problems {problems}" if problems else ""), flush=True)
+    shutil.rmtree(workdir, ignore_errors=True)
+    summary = write_results(args, trials, time.time() - t0)  # after each trial: a cut run keeps its figures
   shutil.rmtree(root, ignore_errors=True)
   print(json.dumps(summary))
   ok = (summary["identical_final_state"] == summary["trials"]

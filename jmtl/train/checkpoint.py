@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from typing import Callable
 
 import jax
@@ -24,6 +25,17 @@ from jmtl.train.state import TrainState
 
 class CheckpointError(RuntimeError):
   """A checkpoint that cannot be used (or written) by this run; nothing has been overwritten."""
+
+
+def _write_failure(error: Exception) -> str:
+  """The OS reason of a failed write (tensorstore's message ends "[os_error_code='28']"),
+  else the error itself, shortened."""
+  code = re.search(r"os_error_code='(\d+)'", str(error))
+  if isinstance(error, OSError) and error.errno:
+    return f"{os.strerror(error.errno)} (errno {error.errno})"
+  if code:
+    return f"{os.strerror(int(code.group(1)))} (errno {code.group(1)})"
+  return f"{type(error).__name__}: {str(error)[:300]}"
 
 
 class Checkpoints:
@@ -85,7 +97,7 @@ class Checkpoints:
       raise CheckpointError(
           f"could not write a checkpoint in {manager.directory}"
           + (f" (saving step {step})" if step is not None else "")
-          + f": {type(e).__name__}: {str(e)[:400]}\nthe checkpoints already written are intact "
+          + f": {_write_failure(e)}\nthe checkpoints already written are intact "
           f"(steps {kept or 'none'}); free space and run the same command to resume") from None
 
   def steps(self) -> list[int]:

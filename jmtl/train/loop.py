@@ -218,9 +218,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     start = 0
   else:
     start, state, data_state = restored
-    runs.check_data(checkpoints.fingerprints(start), fingerprints,
-                    where=f"the checkpoint at step {start} in {workdir}", workdir=workdir,
-                    allow_change=allow_data_change, say=say)
+    try:
+      runs.check_data(checkpoints.fingerprints(start), fingerprints,
+                      where=f"the checkpoint at step {start} in {workdir}", workdir=workdir,
+                      allow_change=allow_data_change, say=say)
+    except BaseException:
+      checkpoints.close()
+      raise
     iterator.set_state(data_state)
     say(f"resumed from step {start} in {workdir}")
   runs.save_run(workdir, config, fingerprints)
