@@ -63,18 +63,20 @@ def complete_steps(workdir: str) -> list[int]:
   return sorted(int(d) for d in os.listdir(folder) if d.isdigit()) if os.path.isdir(folder) else []
 
 
-def in_flight_checkpoint(workdir: str) -> bool:
-  return bool(glob.glob(os.path.join(workdir, "checkpoints", "*orbax-checkpoint-tmp*")))
+def tmp_checkpoints(workdir: str) -> set[str]:
+  return set(glob.glob(os.path.join(workdir, "checkpoints", "*orbax-checkpoint-tmp*")))
+
+
+def events(workdir: str) -> int:
+  """Lines of events.jsonl: a run adds one when its training starts."""
+  path = os.path.join(workdir, "events.jsonl")
+  return sum(1 for _ in open(path)) if os.path.exists(path) else 0
 
 
 def preparing(data_dir: str) -> bool:
   """A suite build or an encoded-cache write is under way."""
   return bool(glob.glob(os.path.join(data_dir, ".*.tmp-*"))
               or glob.glob(os.path.join(data_dir, "*", "encoded", "*", "*.tmp*")))
-
-
-def training(workdir: str) -> bool:
-  return os.path.exists(os.path.join(workdir, "events.jsonl"))
 
 
 def suites_complete(data_dir: str) -> list[str]:
@@ -99,6 +101,10 @@ def suites_complete(data_dir: str) -> list[str]:
 def kill_at(phase: str, command: list[str], workdir: str, data_dir: str, rng: random.Random,
             timeout: float = 600) -> dict:
   """Starts ``command`` and SIGKILLs it at a moment of ``phase``; what was seen at the kill."""
+  # What an earlier killed run left (a torn checkpoint folder, its events) is not this run's.
+  stale, started = tmp_checkpoints(workdir), events(workdir)
+  in_flight = lambda: bool(tmp_checkpoints(workdir) - stale)
+  training = lambda: events(workdir) > started
   proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True)
   start = time.time()
@@ -109,13 +115,13 @@ def kill_at(phase: str, command: list[str], workdir: str, data_dir: str, rng: ra
       time.sleep(rng.uniform(0, 0.5))
       hit = preparing(data_dir)
       break
-    if phase == "checkpoint" and in_flight_checkpoint(workdir):
+    if phase == "checkpoint" and in_flight():
       hit = True
       break
-    if phase == "step" and training(workdir):
-      wait_random = wait_random or time.time() + rng.uniform(0.0, 4.0)
+    if phase == "step" and training():
+      wait_random = wait_random or time.time() + rng.uniform(0.0, 8.0)
       if time.time() >= wait_random:
-        hit = training(workdir)
+        hit = True
         break
     time.sleep(0.002)
   finished = proc.poll() is not None
