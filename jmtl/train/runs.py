@@ -21,10 +21,10 @@ from typing import Any
 import ml_collections
 
 from jmtl import data
-from jmtl.data.packages import sha256_file
-from jmtl.data.spec import is_suite_file, validate_suite_spec
 from jmtl.config import (ConfigError, config_from_dict, identity_mismatches, load_config,
                          to_json, with_overrides)
+from jmtl.data.packages import sha256_file
+from jmtl.data.spec import is_suite_file, validate_suite_spec
 from jmtl.train.checkpoint import CheckpointError
 
 RUN_FILE = "run.json"
