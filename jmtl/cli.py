@@ -1,7 +1,8 @@
 """The ``jmtl`` command: train, eval, data prepare, bench.
 
   jmtl train --config configs/default.py --workdir runs/default [--config.KEY=VALUE ...]
-  jmtl eval  --config configs/default.py --workdir runs/default [--checkpoint STEP | --best]
+  jmtl train --workdir runs/default [--config.train.steps=N]   (resume with the saved config)
+  jmtl eval  --workdir runs/default [--checkpoint STEP | --best] [--split test]
   jmtl predict --workdir runs/default [--checkpoint STEP | --best] --input FILE --output FILE
   jmtl data prepare SUITE [--data_dir DIR] [--force] [--min_label_count N] [tokenizer options]
   jmtl data inspect SUITE [--split S] [--examples N] [--task T ...] [tokenizer options]
@@ -29,8 +30,12 @@ def _parser() -> argparse.ArgumentParser:
                           ("eval", "evaluate a saved checkpoint")):
     p = commands.add_parser(name, help=help_text,
                             epilog="Override any config key with --config.KEY=VALUE.")
-    p.add_argument("--config", required=True, help="Python file with get_config()")
+    p.add_argument("--config", help="Python file with get_config() (default: the config "
+                   "saved in --workdir; required to start a run)")
     p.add_argument("--workdir", required=True, help="folder for checkpoints and logs")
+    p.add_argument("--allow-data-change", action="store_true",
+                   help="go on when the data differ from the checkpoint's (recorded in "
+                   "WORKDIR/events.jsonl)")
     if name == "eval":
       which = p.add_mutually_exclusive_group()
       which.add_argument("--checkpoint", type=int, help="step to evaluate (default: newest)")
@@ -176,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
   rest, overrides = _split_overrides(argv)
   args = _parser().parse_args(rest)
   # Imports after parsing: `jmtl --help` stays fast.
-  from jmtl.config import ConfigError, load_config
+  from jmtl.config import ConfigError
   from jmtl.data import DataError
   from jmtl.train.checkpoint import CheckpointError
   from jmtl.train.loop import NonFiniteLossError
@@ -193,13 +198,13 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "predict":
       _predict(args)
     else:
-      config = load_config(args.config, overrides)
-      from jmtl.train import loop
+      from jmtl.train import loop, runs
+      config = runs.config_for_workdir(args.workdir, args.config, overrides)
       if args.command == "train":
-        loop.train_and_evaluate(config, args.workdir)
+        loop.train_and_evaluate(config, args.workdir, allow_data_change=args.allow_data_change)
       else:
         loop.evaluate_checkpoint(config, args.workdir, step=args.checkpoint, best=args.best,
-                                 split=args.split)
+                                 split=args.split, allow_data_change=args.allow_data_change)
   except KeyboardInterrupt:
     return EXIT_INTERRUPTED
   except (ConfigError, DataError, CheckpointError, NonFiniteLossError, FileNotFoundError) as e:

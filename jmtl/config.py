@@ -4,6 +4,10 @@
 file, then applies ``KEY=VALUE`` overrides with the types of the existing values. Keys are
 locked: an unknown key is an error listing the valid ones. ``config.balancer`` is the one
 open section, since each method takes its own hyperparameters (checked when it is built).
+
+A run's config is saved with it; ``identity_mismatches`` tells which keys may not change when
+a run is resumed or evaluated (everything but ``MUTABLE_KEYS``), so a new key is part of the
+identity unless it is listed there.
 """
 
 from __future__ import annotations
@@ -42,6 +46,33 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
   if not isinstance(config, ml_collections.ConfigDict):
     raise ConfigError(f"{path}: get_config() must return an ml_collections.ConfigDict, "
                       f"got {type(config).__name__}")
+  return with_overrides(config, overrides)
+
+
+def config_from_dict(values: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """A config saved as JSON (``to_json``) back as a ConfigDict; JSON lists become tuples, as
+  every sequence in ``base_config`` is one, and ``PER_TASK_KEYS`` take an int or a mapping."""
+  def tuples(value):
+    if isinstance(value, Mapping):
+      return {k: tuples(v) for k, v in value.items()}
+    return tuple(tuples(v) for v in value) if isinstance(value, list) else value
+  values = tuples(values)
+  per_task = {}
+  for key in PER_TASK_KEYS:  # set after construction, which would make a mapping a ConfigDict
+    section, _, leaf = key.rpartition(".")
+    node = values.get(section) if section else values
+    if isinstance(node, dict) and leaf in node:
+      per_task[(section, leaf)] = node[leaf]
+      node[leaf] = ml_collections.FieldReference(1, field_type=object)
+  config = ml_collections.ConfigDict(values)
+  for (section, leaf), value in per_task.items():
+    (config[section] if section else config)[leaf] = value
+  return config
+
+
+def with_overrides(config: ml_collections.ConfigDict,
+                   overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """Locks ``config`` (but its open sections) and applies ``KEY=VALUE`` overrides in place."""
   config.lock()
   for section in OPEN_SECTIONS:
     if section in config:
@@ -142,6 +173,46 @@ def _unknown(key: str, section: str, node: ml_collections.ConfigDict) -> str:
 
 def to_json(config: ml_collections.ConfigDict) -> str:
   return json.dumps(config.to_dict(), sort_keys=True, default=list)
+
+
+# Keys a resumed or evaluated run may change: how long it trains, what it logs and evaluates,
+# where it finds its data (the data's fingerprints are checked separately) and how it is laid
+# out on devices (checkpoints restore onto any device count). A dotted prefix covers a section.
+MUTABLE_KEYS = ("train.steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
+                "train.keep_checkpoints", "train.keep_best", "train.best_metric",
+                "train.parallelism", "train.num_devices", "train.nan_policy", "train.log_cosines",
+                "train.progress", "train.tensorboard", "data.data_dir", "data.eval_batch_size",
+                "baselines")
+
+
+def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for key, value in values.items():
+    dotted = f"{prefix}{key}"
+    if isinstance(value, Mapping) and value:
+      out.update(_flatten(value, dotted + "."))
+    else:
+      out[dotted] = value
+  return out
+
+
+def is_mutable(key: str) -> bool:
+  return any(key == m or key.startswith(m + ".") for m in MUTABLE_KEYS)
+
+
+def identity_mismatches(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+  """``"key: the run has A, this config has B"`` for every identity key (any key not in
+  ``MUTABLE_KEYS``) whose value differs between two config dicts."""
+  a, b = _flatten(saved), _flatten(current)
+  same = lambda x, y: json.dumps(x, sort_keys=True, default=list) == json.dumps(
+      y, sort_keys=True, default=list)
+  missing = "(not set)"
+  # A key only one side has is a key a newer jmtl added (the older run used its default),
+  # except in the open balancer section, where a missing key is a hyperparameter left out.
+  keys = (set(a) & set(b)) | {k for k in set(a) ^ set(b) if k.startswith("balancer.")}
+  return [f"{key}: the run has {a.get(key, missing)!r}, this config has {b.get(key, missing)!r}"
+          for key in sorted(keys)
+          if not is_mutable(key) and not same(a.get(key, missing), b.get(key, missing))]
 
 
 def balancer_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:

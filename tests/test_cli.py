@@ -53,20 +53,59 @@ def test_train_then_eval(tiny, tmp_path):
              *train_args(tiny, workdir)[5:], "--config.balancer.name=pcgrad", "--checkpoint", "2",
              check=0)
   assert "validation at step 2" in out.stdout
+  # The run describes itself: no --config, the suite named relatively from its folder.
+  suite, _ = tiny
+  out = jmtl("eval", "--workdir", workdir, "--split", "test",
+             "--config.data.suite=tiny_suite.json", cwd=os.path.dirname(suite),
+             env={**os.environ, "PYTHONPATH": os.getcwd()}, check=0)
+  assert "test at step 4" in out.stdout
+  out = jmtl("train", "--workdir", workdir, "--config.train.steps=6", check=0)
+  assert "resumed from step 4" in out.stdout and "validation at step 6" in out.stdout
+  out = jmtl("train", "--workdir", workdir, "--config.model.width=32", check=2)
+  assert "identity keys differ:\n  model.width: the run has 16, this config has 32" in out.stderr
+  assert "Traceback" not in out.stderr
 
 
 @pytest.mark.parametrize("extra,message", [
     (["--config.balancer.name=pcgrads"], "unknown balancer 'pcgrads'.*Did you mean 'pcgrad'.*Valid names:.*mgda"),
     (["--config.balancer.name=gradnorm", "--config.balancer.alpah=1"], "gradnorm.*does not take.*alpah.*alpha"),
     (["--config.train.stepz=3"], "unknown config key 'train.stepz'"),
-    (["--config.data.suite=/nonexistent/suite.json"], "suite file '/nonexistent/suite.json' does not exist"),
+    (["--config.data.suite=/nonexistent/suite.json"], "suite file /nonexistent/suite.json: does not exist"),
     (["--config.data.tasks=(\"nope\",)"], "data.tasks names \\['nope'\\] not in suite"),
 ])
 def test_bad_input_is_one_clear_error(tiny, tmp_path, extra, message):
   import re
-  out = jmtl(*train_args(tiny, str(tmp_path / "run"), *extra), check=2)
+  fresh_data = str(tmp_path / "data")
+  out = jmtl(*train_args(tiny, str(tmp_path / "run"), *extra,
+                         f"--config.data.data_dir={fresh_data}"), check=2)
   assert re.search(message, out.stderr), out.stderr
   assert "Traceback" not in out.stderr
+  # Found before any build or workdir: nothing is left behind.
+  assert not os.path.exists(tmp_path / "run") and not os.path.exists(fresh_data)
+
+
+def test_train_without_config_on_a_new_workdir(tmp_path):
+  out = jmtl("train", "--workdir", str(tmp_path / "new"), check=2)
+  assert "pass --config to start a run" in out.stderr
+
+
+def test_full_disk_while_saving_keeps_the_previous_checkpoint(tiny, tmp_path):
+  import resource
+  workdir = str(tmp_path / "full")
+  jmtl(*train_args(tiny, workdir, "--config.train.steps=2", "--config.train.checkpoint_every=2"),
+       check=0)
+  # Files may grow to 32 KB: the run's small files fit, a checkpoint's array data does not
+  # (EFBIG, as a full disk's ENOSPC, comes from the writes of Orbax's background thread).
+  limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (32 << 10, 32 << 10))
+  out = jmtl("train", "--workdir", workdir, "--config.train.steps=4", preexec_fn=limit, check=2)
+  # Orbax's writer threads print their own tracebacks first; the run ends on one message.
+  error = out.stderr[out.stderr.rindex("jmtl: error:"):]
+  assert error.startswith("jmtl: error: could not write a checkpoint in "), out.stderr[-2000:]
+  assert "File too large (errno 27)" in error
+  assert "the checkpoints already written are intact (steps [2])" in error
+  assert sorted(d for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()) == ["2"]
+  out = jmtl("train", "--workdir", workdir, "--config.train.steps=4", check=0)
+  assert "resumed from step 2" in out.stdout and "validation at step 4" in out.stdout
 
 
 def test_workdir_that_is_a_file(tiny, tmp_path):

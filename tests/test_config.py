@@ -44,3 +44,28 @@ def test_bad_config_files(tmp_path):
   (tmp_path / "broken.py").write_text("def get_config(:\n")
   with pytest.raises(ConfigError, match="failed to load: SyntaxError"):
     load_config(str(tmp_path / "broken.py"))
+
+
+def test_saved_config_round_trips_through_json():
+  import json
+  from jmtl.config import config_from_dict, to_json
+  config = load_config("configs/default.py", ["data.buckets=(16, 32)", "data.tasks=ner",
+                                              "data.batch_size={'ner': 4}", "balancer.alpha=1.5"])
+  again = config_from_dict(json.loads(to_json(config)))
+  assert to_json(again) == to_json(config)
+  assert again.data.buckets == (16, 32) and again.data.batch_size == {"ner": 4}
+
+
+def test_identity_mismatches_name_every_identity_key_and_skip_mutable_ones():
+  import json
+  from jmtl.config import identity_mismatches, to_json
+  saved = json.loads(to_json(load_config("configs/default.py", ["balancer.name=gradnorm",
+                                                                "balancer.alpha=1.5"])))
+  current = json.loads(to_json(load_config("configs/default.py", [
+      "balancer.name=gradnorm", "train.steps=5", "train.eval_every=7", "data.data_dir=/x",
+      "model.depth=3", "optimizer.learning_rate=0.5", "seed=1"])))
+  problems = identity_mismatches(saved, current)
+  assert [p.split(":")[0] for p in problems] == [
+      "balancer.alpha", "model.depth", "optimizer.learning_rate", "seed"]
+  assert problems[0] == "balancer.alpha: the run has 1.5, this config has '(not set)'"
+  assert identity_mismatches(saved, saved) == []

@@ -1,4 +1,8 @@
-"""Single-task baselines: one run per task, their main metrics saved for Δm."""
+"""Single-task baselines: one run per task, their main metrics saved for Δm.
+
+The training function comes in as an argument (``loop.train_and_evaluate`` dispatches here
+when ``config.single_task`` is set), so this module does not import the loop that calls it.
+"""
 
 from __future__ import annotations
 
@@ -6,30 +10,33 @@ import copy
 import json
 import os
 import sys
+from collections.abc import Callable, Sequence
 
 import ml_collections
 
-from jmtl.train import loop
+from jmtl.tasks import TaskSpec
 
 
-def train_single_task_baselines(config: ml_collections.ConfigDict, workdir: str, *,
-                                out=sys.stdout) -> dict:
-  """Trains each task of the suite alone in ``<workdir>/<task>``; writes
-  ``<workdir>/baselines.json``: ``{split: {task: main metric}}`` for validation and test."""
-  suite, tasks = loop.load_suite(config)
+def train_single_task_baselines(config: ml_collections.ConfigDict, workdir: str,
+                                tasks: Sequence[TaskSpec], *,
+                                train: Callable[..., dict], out=sys.stdout) -> dict:
+  """Trains each task alone with ``train(config, workdir, out=out)`` in ``<workdir>/<task>``;
+  writes ``<workdir>/baselines.json``: ``{split: {task: main metric}}`` for validation and
+  test."""
   baselines, runs = {"validation": {}, "test": {}}, {}
   for spec in tasks:
+    name = spec.name
     task_config = copy.deepcopy(config)
     with task_config.unlocked():
       task_config.single_task = False
-      task_config.data.tasks = (spec.name,)
+      task_config.data.tasks = (name,)
       task_config.baselines = ""
-    print(f"\n== single-task baseline: {spec.name} ==", file=out, flush=True)
-    result = loop.train_and_evaluate(task_config, os.path.join(workdir, spec.name), out=out)
+    print(f"\n== single-task baseline: {name} ==", file=out, flush=True)
+    result = train(task_config, os.path.join(workdir, name), out=out)
     for split in ("validation", "test"):
       if result.get(split):
-        baselines[split][spec.name] = result[split][spec.name][spec.main_metric]
-    runs[spec.name] = result
+        baselines[split][name] = result[split][name][spec.main_metric]
+    runs[name] = result
   path = os.path.join(workdir, "baselines.json")
   with open(path, "w") as f:
     json.dump(baselines, f, indent=2)

@@ -1,8 +1,9 @@
 """Orbax checkpoints holding everything an exact resume needs.
 
-Each checkpoint has three items: ``state`` (the TrainState: params, optimizer state, balancer
-state, RNG, step and counters), ``data`` (the training iterator's position, JSON) and
-``config`` (the run's config, JSON). ``<workdir>/checkpoints`` keeps the last K steps;
+Each checkpoint has four items: ``state`` (the TrainState: params, optimizer state, balancer
+state, RNG, step and counters), ``data`` (the training iterator's position, JSON),
+``config`` (the run's config, JSON) and ``fingerprints`` (of the data it was trained on, JSON;
+absent in checkpoints written before jmtl recorded them). ``<workdir>/checkpoints`` keeps the last K steps;
 ``<workdir>/best`` keeps the best step by the chosen metric. Saves are asynchronous;
 Orbax writes each step into a temporary folder and renames it when complete, so an
 interrupted save never shadows the previous good step.
@@ -10,42 +11,31 @@ interrupted save never shadows the previous good step.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 from typing import Callable
 
 import jax
 import orbax.checkpoint as ocp
 
+from jmtl.config import identity_mismatches
 from jmtl.train.state import TrainState
 
-# Config sections that define the parameters' shapes and meaning: a checkpoint written under
-# other values cannot be resumed by this run.
-IDENTITY_KEYS = ("data.suite", "data.tasks", "data.max_len", "data.vocab_size", "model",
-                 "balancer.name")
-
-
 class CheckpointError(RuntimeError):
-  """A checkpoint that cannot be used by this run; nothing has been overwritten."""
+  """A checkpoint that cannot be used (or written) by this run; nothing has been overwritten."""
 
 
-def _get(config: dict, dotted: str):
-  node = config
-  for part in dotted.split("."):
-    if not isinstance(node, dict) or part not in node:
-      return None
-    node = node[part]
-  return node
-
-
-def config_mismatches(saved: dict, current: dict) -> list[str]:
-  """``key: saved -> current`` for every identity key whose value differs."""
-  out = []
-  for key in IDENTITY_KEYS:
-    a, b = _get(saved, key), _get(current, key)
-    if json.dumps(a, sort_keys=True, default=list) != json.dumps(b, sort_keys=True, default=list):
-      out.append(f"{key}: checkpoint has {a!r}, config has {b!r}")
-  return out
+def _write_failure(error: Exception) -> str:
+  """The OS reason of a failed write (tensorstore's message ends "[os_error_code='28']"),
+  else the error itself, shortened."""
+  code = re.search(r"os_error_code='(\d+)'", str(error))
+  if isinstance(error, OSError) and error.errno:
+    return f"{os.strerror(error.errno)} (errno {error.errno})"
+  if code:
+    return f"{os.strerror(int(code.group(1)))} (errno {code.group(1)})"
+  return f"{type(error).__name__}: {str(error)[:300]}"
 
 
 class Checkpoints:
@@ -68,27 +58,62 @@ class Checkpoints:
       self._best = ocp.CheckpointManager(os.path.join(workdir, "best"), options=best_options)
 
   @staticmethod
-  def _save_args(state: TrainState, data_state: dict, config_json: str):
-    return ocp.args.Composite(state=ocp.args.StandardSave(state),
-                              data=ocp.args.JsonSave(data_state),
-                              config=ocp.args.JsonSave(json.loads(config_json)))
+  def _save_args(state: TrainState, data_state: dict, config_json: str,
+                 fingerprints: dict[str, str] | None):
+    items = dict(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+                 config=ocp.args.JsonSave(json.loads(config_json)))
+    if fingerprints is not None:
+      items["fingerprints"] = ocp.args.JsonSave(dict(fingerprints))
+    return ocp.args.Composite(**items)
 
-  def save(self, step: int, state: TrainState, data_state: dict, config_json: str) -> None:
-    self._latest.save(step, args=self._save_args(state, data_state, config_json))
+  def save(self, step: int, state: TrainState, data_state: dict, config_json: str,
+           fingerprints: dict[str, str] | None = None) -> None:
+    with self._reporting_write_errors(self._latest, step):
+      self._latest.save(step, args=self._save_args(state, data_state, config_json, fingerprints))
 
   def save_best(self, step: int, state: TrainState, data_state: dict, config_json: str,
-                metrics: dict[str, float]) -> None:
+                metrics: dict[str, float], fingerprints: dict[str, str] | None = None) -> None:
     # A resumed run that had already finished evaluates its last step again: saved once.
     if (self._best is not None and self.best_metric in metrics
         and step not in self._best.all_steps()):
-      self._best.save(step, args=self._save_args(state, data_state, config_json),
-                      metrics={k: float(v) for k, v in metrics.items()})
+      with self._reporting_write_errors(self._best, step):
+        self._best.save(step, args=self._save_args(state, data_state, config_json, fingerprints),
+                        metrics={k: float(v) for k, v in metrics.items()})
+
+  @contextlib.contextmanager
+  def _reporting_write_errors(self, manager, step: int | None):
+    """A failed write (a full disk, a lost mount) as one CheckpointError naming the folder.
+
+    Orbax writes into ``<step>.orbax-checkpoint-tmp`` and renames it when complete; an
+    asynchronous write's error surfaces at the next save or wait, so ``step`` may be the one
+    after the failed write.
+    """
+    try:
+      yield
+    except CheckpointError:
+      raise
+    except Exception as e:  # Orbax reports I/O failures as ValueError/OSError from tensorstore
+      kept = sorted(manager.all_steps())
+      raise CheckpointError(
+          f"could not write a checkpoint in {manager.directory}"
+          + (f" (saving step {step})" if step is not None else "")
+          + f": {_write_failure(e)}\nthe checkpoints already written are intact "
+          f"(steps {kept or 'none'}); free space and run the same command to resume") from None
 
   def steps(self) -> list[int]:
     return sorted(self._latest.all_steps())
 
   def best_step(self) -> int | None:
     return None if self._best is None else self._best.best_step()
+
+  def fingerprints(self, step: int, *, best: bool = False) -> dict[str, str] | None:
+    """The data fingerprints checkpoint ``step`` was trained on (None if it predates them)."""
+    manager = self._best if best else self._latest
+    try:
+      return manager.restore(step, args=ocp.args.Composite(
+          fingerprints=ocp.args.JsonRestore()))["fingerprints"]
+    except KeyError:  # Orbax: 'Item "fingerprints" was not found in the checkpoint'
+      return None
 
   def saved_config(self, step: int, *, best: bool = False) -> dict:
     manager = self._best if best else self._latest
@@ -120,7 +145,7 @@ class Checkpoints:
         failures.append(f"step {candidate}: {type(e).__name__}: {str(e)[:200]}")
         warn(f"checkpoint step {candidate} is unreadable ({failures[-1]}); trying an older one")
         continue
-      mismatches = config_mismatches(saved_config, current_config)
+      mismatches = identity_mismatches(saved_config, current_config)
       if mismatches:
         raise CheckpointError(
             f"the checkpoint in {manager.directory} (step {candidate}) was written with another "
@@ -145,13 +170,17 @@ class Checkpoints:
     return None
 
   def wait(self) -> None:
-    self._latest.wait_until_finished()
-    if self._best is not None:
-      self._best.wait_until_finished()
+    for manager in (self._latest, self._best):
+      if manager is not None:
+        with self._reporting_write_errors(manager, None):
+          manager.wait_until_finished()
 
   def close(self) -> None:
-    self.wait()
-    self._latest.close()
-    if self._best is not None:
-      self._best.close()
+    try:
+      self.wait()
+    finally:
+      for manager in (self._latest, self._best):
+        if manager is not None:
+          with contextlib.suppress(Exception):  # a failed write was reported by wait()
+            manager.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 from typing import Any, Callable
 
 
@@ -21,16 +22,27 @@ class MetricLogger:
 
   With ``tensorboard=True`` the same scalars go to ``<workdir>/tensorboard`` through
   tensorboardX when it is installed; otherwise one line says how to get it.
+
+  A resumed run (``resume_step`` > 0) first drops the records a killed run wrote past its
+  last checkpoint, which the resumed run writes again, so each step is logged once; when the
+  run had finished (``resume_step >= final_step``) its final evaluation is redone, so the
+  evaluations at that step go too. TensorBoard gets ``purge_step`` for the same effect.
   """
 
   def __init__(self, workdir: str, *, tensorboard: bool = False,
-               warn: Callable[[str], None] = print):
-    self._file = open(os.path.join(workdir, "metrics.jsonl"), "a")
+               warn: Callable[[str], None] = print, resume_step: int = 0,
+               final_step: int | None = None):
+    path = os.path.join(workdir, "metrics.jsonl")
+    if os.path.exists(path):  # a run killed before its first checkpoint restarts from 0
+      redo_evals = final_step is not None and resume_step >= final_step
+      _drop_records_after(path, resume_step, redo_evals)
+    self._file = open(path, "a")
     self._tb = None
     if tensorboard:
       try:
         from tensorboardX import SummaryWriter
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                 purge_step=resume_step + 1 if resume_step else None)
       except ImportError:
         warn("train.tensorboard=True but tensorboardX is not installed: "
              "pip install tensorboardX (JSONL logs are written either way)")
@@ -52,6 +64,26 @@ class MetricLogger:
     self._file.close()
     if self._tb is not None:
       self._tb.close()
+
+
+def _drop_records_after(path: str, step: int, redo_evals: bool) -> None:
+  """Rewrites ``path`` (atomically) without records past ``step`` (and without evaluation
+  records at ``step`` when ``redo_evals``); a torn last line from a kill goes too."""
+  kept = []
+  with open(path) as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      at = record.get("step", 0) if isinstance(record, dict) else 0
+      if at > step or (redo_evals and at == step and record.get("split") != "train"):
+        continue
+      kept.append(line.rstrip("\n") + "\n")
+  with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(path) or ".", suffix=".tmp",
+                                   delete=False) as f:
+    f.writelines(kept)
+  os.replace(f.name, path)
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:

@@ -25,9 +25,12 @@ from jmtl.pretrained import training as pretrained_training
 from jmtl.train import checkpoint as ckpt_lib
 from jmtl.train import optim, transfer
 from jmtl.train.balancer_setup import build_balancer
+from jmtl.train import preflight, runs
+from jmtl.train.baselines import train_single_task_baselines
 from jmtl.train.evaluate import evaluate, make_eval_fn, selection_score
 from jmtl.train.logging import MetricLogger
 from jmtl.train.parallel import make_train_step
+from jmtl.train.runs import read_json
 from jmtl.train.state import create_train_state
 
 
@@ -36,41 +39,19 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def check_workdir(workdir: str) -> None:
+  """A workdir is created only once the run's config and data are known good."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ConfigError(f"workdir {workdir!r} is a file, not a directory")
-  os.makedirs(workdir, exist_ok=True)
 
 
 def build_optimizer(config: ml_collections.ConfigDict, total_steps: int):
   return optim.build_optimizer(config, total_steps)
 
 
-def _read_json(path: str, what: str, hint: str = ""):
-  """The JSON in ``path``; a missing file or bad JSON is a ConfigError naming ``what``."""
-  if not os.path.isfile(path):
-    raise ConfigError(f"{what} {path!r} does not exist{hint}")
-  with open(path) as f:
-    try:
-      return json.load(f)
-    except json.JSONDecodeError as e:
-      raise ConfigError(f"{what} {path!r}: invalid JSON at line {e.lineno}: {e.msg}") from None
-
-
-def suite_spec(suite: str):
-  """A suite name, or the mapping in a JSON file describing the user's own data files
-  (relative paths in it are relative to the JSON file)."""
-  if not suite.endswith(".json"):
-    return suite
-  spec = _read_json(suite, "data.suite: suite file")
-  if isinstance(spec, dict):
-    spec.setdefault("root", os.path.dirname(os.path.abspath(suite)))
-  return spec
-
-
 def load_suite(config: ml_collections.ConfigDict):
   d = config.data
   vocab_file, lowercase = pretrained_training.tokenizer_settings(config)
-  suite = data.load_suite(suite_spec(d.suite), d.data_dir or None, max_len=d.max_len, lowercase=lowercase,
+  suite = data.load_suite(d.suite, d.data_dir or None, max_len=d.max_len, lowercase=lowercase,
                           vocab_size=d.vocab_size, vocab_file=vocab_file,
                           buckets=tuple(d.buckets))
   tasks = suite.tasks
@@ -132,10 +113,7 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
   example = restrict(next(examples))
   balancer = build_balancer(config, model, example, suite.buckets)
   if config.grad_mode == "rep" and model.layout == "multi_input":
-    raise ConfigError(
-        f"grad_mode='rep' needs one shared input per step, but suite {suite.name!r} is "
-        f"multi_input with data.sampler='all' (one batch per task): pick a mixture sampler "
-        f"(data.sampler=uniform|proportional|temperature|annealed) or grad_mode='exact'")
+    raise preflight.rep_needs_one_input(suite.name)
   rep_shapes = None  # rep-grad balancers keep state shaped like the shared representation
   if config.grad_mode == "rep" and balancer.needs != "losses":
     rep_shapes = jax.eval_shape(lambda b: model.encode(
@@ -143,6 +121,13 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
   create_state = lambda: create_train_state(model, balancer, optimizer, example, config.seed,
                                             balancer_params=rep_shapes)
   return Experiment(suite, tasks, model, balancer, optimizer, create_state)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Everything checkable before data is built or the workdir exists (``preflight``), and the
+  optimizer, by building it."""
+  preflight.validate(config)
+  build_optimizer(config, config.train.steps)
 
 
 def best_metric(name: str, tasks):
@@ -165,7 +150,7 @@ def load_baselines(config: ml_collections.ConfigDict, tasks) -> dict[str, dict[s
   path = config.baselines
   if not path:
     return None
-  raw = _read_json(path, "baselines file", hint=" (train the single-task config first)")
+  raw = read_json(path, "baselines file", hint=" (train the single-task config first)")
   if not isinstance(raw, dict) or not raw:
     raise ConfigError(f"baselines file {path!r}: expected {{split: {{task: value}}}}")
   by_split = raw if all(isinstance(v, dict) for v in raw.values()) else {"validation": raw}
@@ -182,13 +167,24 @@ def load_baselines(config: ml_collections.ConfigDict, tasks) -> dict[str, dict[s
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       out=sys.stdout) -> dict[str, Any]:
-  """Trains (or resumes) and evaluates; returns ``{"step", "validation", "test", ...}``."""
+                       out=sys.stdout, allow_data_change: bool = False) -> dict[str, Any]:
+  """Trains (or resumes) and evaluates; returns ``{"step", "validation", "test", ...}``.
+
+  The config is checked whole, and against the run already in ``workdir``, before any data
+  is built or the workdir is created; a resumed run's data must match the fingerprints its
+  checkpoint was trained on unless ``allow_data_change`` (recorded in the workdir).
+  """
+  config = runs.resolve_paths(config)
   check_workdir(workdir)
-  if config.single_task:
-    from jmtl.train.baselines import train_single_task_baselines
-    return train_single_task_baselines(config, workdir, out=out)
+  validate_config(config)
+  runs.check_identity(workdir, config)
   say = lambda msg: print(msg, file=out, flush=True)
+  if config.single_task:
+    _, tasks = load_suite(config)
+    os.makedirs(workdir, exist_ok=True)
+    runs.save_run(workdir, config, None)
+    return train_single_task_baselines(config, workdir, tasks, train=train_and_evaluate,
+                                       out=out)
   experiment = build_experiment(config)
   suite, tasks, model = experiment.suite, experiment.tasks, experiment.model
   baselines = load_baselines(config, tasks)
@@ -200,6 +196,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                             num_devices=t.num_devices or None, log_cosines=t.log_cosines)
   abstract_state = jax.eval_shape(experiment.create_state)
   config_dict = json.loads(to_json(config))
+  fingerprints = runs.run_fingerprints(suite, [tk.name for tk in tasks])
   best_value, best_mode = best_metric(t.best_metric, tasks)
   checkpoints = ckpt_lib.Checkpoints(workdir, keep=t.keep_checkpoints, best_mode=best_mode,
                                      best_metric="best" if t.keep_best else None)
@@ -214,18 +211,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       say(transfer.describe(origin))
   else:
     start, state, data_state = restored
+    try:
+      runs.check_data(checkpoints.fingerprints(start), fingerprints,
+                      where=f"the checkpoint at step {start} in {workdir}", workdir=workdir,
+                      allow_change=allow_data_change, say=say)
+    except BaseException:
+      checkpoints.close()
+      raise
     iterator.set_state(data_state)
     say(f"resumed from step {start} in {workdir}")
+  runs.save_run(workdir, config, fingerprints)
+  runs.record_event(workdir, "resume" if restored else "start", step=start, steps=steps)
   state = step_fn.place_state(state)
   eval_fn = make_eval_fn(model)
-  logger = MetricLogger(workdir, tensorboard=t.tensorboard, warn=say)
+  logger = MetricLogger(workdir, tensorboard=t.tensorboard, warn=say, resume_step=start,
+                        final_step=steps)
   if origin is not None:
     logger.write({"step": 0, "split": "init_from", **origin})
   config_json = to_json(config)
   names = model.names
 
   def save(step_number, host_state):
-    checkpoints.save(step_number, host_state, iterator.get_state(), config_json)
+    checkpoints.save(step_number, host_state, iterator.get_state(), config_json, fingerprints)
 
   def run_eval(step_number, split):
     host_state = step_fn.gather_state(state)
@@ -261,12 +268,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       progress.update(1)
       if t.eval_every and step_number % t.eval_every == 0 and step_number < steps:
         host_state, _, best = run_eval(step_number, "validation")
-        checkpoints.save_best(step_number, host_state, iterator.get_state(), config_json, best)
+        checkpoints.save_best(step_number, host_state, iterator.get_state(), config_json, best,
+                              fingerprints)
       if step_number % t.checkpoint_every == 0 or step_number == steps:
         save(step_number, step_fn.gather_state(state))
     progress.close()
     host_state, validation, best = run_eval(step_number, "validation")
-    checkpoints.save_best(step_number, host_state, iterator.get_state(), config_json, best)
+    checkpoints.save_best(step_number, host_state, iterator.get_state(), config_json, best,
+                              fingerprints)
     test = None
     if any("test" in suite.sizes[tk.name] for tk in tasks):
       _, test, _ = run_eval(step_number, "test")
@@ -333,23 +342,34 @@ def _progress(enabled: bool, start: int, total: int):
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
                         step: int | None = None, best: bool = False, split: str = "validation",
-                        out=sys.stdout) -> dict[str, Any]:
-  """Evaluates a saved checkpoint (newest, ``step``, or the best) on ``split``."""
+                        out=sys.stdout, allow_data_change: bool = False) -> dict[str, Any]:
+  """Evaluates a saved checkpoint (newest, ``step``, or the best) on ``split``: the config
+  must be the run's (``runs.load_run_config(workdir)`` gives it) and the data the
+  checkpoint's (or ``allow_data_change``)."""
   if not os.path.isdir(workdir):
     raise ConfigError(f"workdir {workdir!r} does not exist")
+  config = runs.resolve_paths(config)
+  validate_config(config)
+  runs.check_identity(workdir, config)
   experiment = build_experiment(config)
   suite, tasks, model = experiment.suite, experiment.tasks, experiment.model
   abstract_state = jax.eval_shape(experiment.create_state)
   checkpoints = ckpt_lib.Checkpoints(workdir, keep=config.train.keep_checkpoints,
                                      best_metric="best" if best else None, async_save=False)
-  if best:
-    step = checkpoints.best_step()
-  restored = checkpoints.restore(abstract_state, json.loads(to_json(config)), step=step,
-                                 best=best, warn=lambda m: print(m, file=out))
-  checkpoints.close()
-  if restored is None:
-    raise ckpt_lib.CheckpointError(f"no checkpoint in {workdir}")
-  step, state, _ = restored
+  try:
+    if best:
+      step = checkpoints.best_step()
+    restored = checkpoints.restore(abstract_state, json.loads(to_json(config)), step=step,
+                                   best=best, warn=lambda m: print(m, file=out))
+    if restored is None:
+      raise ckpt_lib.CheckpointError(f"no checkpoint in {workdir}")
+    step, state, _ = restored
+    runs.check_data(checkpoints.fingerprints(step, best=best),
+                    runs.run_fingerprints(suite, [tk.name for tk in tasks]),
+                    where=f"the checkpoint at step {step} in {workdir}", workdir=workdir,
+                    allow_change=allow_data_change, say=lambda m: print(m, file=out))
+  finally:
+    checkpoints.close()
   results = evaluate(model, make_eval_fn(model), state.params,
                      suite.eval_batches(split, config.data.eval_batch_size))
   delta = _delta(results, tasks, load_baselines(config, tasks), split)
