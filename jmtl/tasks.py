@@ -44,13 +44,27 @@ class TaskKind(enum.StrEnum):
 
 _TOKEN_LEVEL = (TaskKind.TAGGING, TaskKind.SPAN_QA, TaskKind.MLM)
 
-_DEFAULT_METRICS = {
+# The one table of metrics per kind: what evaluation can compute ("loss" always), and the
+# defaults a spec gets when it names none. ``jmtl.metrics`` computes exactly these names.
+METRICS_BY_KIND: dict[TaskKind, tuple[str, ...]] = {
+    TaskKind.CLASSIFICATION: ("accuracy", "macro_f1", "mcc"),
+    TaskKind.REGRESSION: ("pearson", "spearman"),
+    TaskKind.TAGGING: ("accuracy", "macro_f1", "mcc", "span_f1", "span_precision", "span_recall"),
+    TaskKind.SPAN_QA: ("exact_match", "span_f1"),
+    TaskKind.MLM: ("accuracy", "perplexity"),
+}
+DEFAULT_METRICS: dict[TaskKind, tuple[str, ...]] = {
     TaskKind.CLASSIFICATION: ("accuracy", "macro_f1"),
     TaskKind.REGRESSION: ("pearson", "spearman"),
     TaskKind.TAGGING: ("accuracy",),
     TaskKind.SPAN_QA: ("exact_match", "span_f1"),
     TaskKind.MLM: ("accuracy", "perplexity"),
 }
+
+
+def valid_metrics(kind: TaskKind | str) -> tuple[str, ...]:
+  """Metric names evaluation computes for a task kind ("loss" is always there)."""
+  return ("loss",) + METRICS_BY_KIND[TaskKind(kind)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,14 +94,23 @@ class TaskSpec:
   label_names: tuple[str, ...] = ()
 
   def __post_init__(self):
-    kind = TaskKind(self.kind)
-    object.__setattr__(self, "kind", kind)
     if not self.name:
       raise ValueError("TaskSpec needs a non-empty name")
+    try:
+      kind = TaskKind(self.kind)
+    except ValueError:
+      raise ValueError(f"task {self.name!r}: kind {self.kind!r} is not one of "
+                       f"{', '.join(TaskKind)}") from None
+    object.__setattr__(self, "kind", kind)
     if not self.label_key:
       object.__setattr__(self, "label_key", self.name)
     if not self.metrics:
-      object.__setattr__(self, "metrics", _DEFAULT_METRICS[kind])
+      object.__setattr__(self, "metrics", DEFAULT_METRICS[kind])
+    object.__setattr__(self, "metrics", tuple(self.metrics))
+    valid = valid_metrics(kind)
+    if unknown := [name for name in self.metrics if name not in valid]:
+      raise ValueError(f"task {self.name!r} ({kind}): unknown metric(s) {unknown}; valid "
+                       f"metrics are {list(valid)}")
     if not self.main_metric:
       object.__setattr__(self, "main_metric", self.metrics[0])
     if self.main_metric not in self.metrics:

@@ -291,9 +291,12 @@ def test_task_metrics_span_qa_and_mlm():
 
 
 def test_task_metrics_errors_and_empty_eval():
-  spec = TaskSpec("sst2", TaskKind.CLASSIFICATION, num_labels=2, metrics=("accuracy", "pearson"))
+  # An unknown metric fails when the spec is built, naming the valid ones.
   with pytest.raises(ValueError, match=r"'sst2'.*'pearson'.*macro_f1"):
-    metrics.task_metrics(spec, np.zeros(2), np.zeros(2), np.ones(2), 0.0, 2.0)
+    TaskSpec("sst2", TaskKind.CLASSIFICATION, num_labels=2, metrics=("accuracy", "pearson"))
+  for kind in TaskKind:  # every default is a metric evaluation computes
+    spec = TaskSpec("t", kind, num_labels=1 if kind == TaskKind.REGRESSION else 2)
+    assert set(spec.metrics) <= set(metrics.valid_metrics(kind))
   spec = TaskSpec("ner", TaskKind.TAGGING, num_labels=3, metrics=("span_f1",))
   with pytest.raises(ValueError, match="label_names"):
     metrics.task_metrics(spec, np.zeros((1, 2)), np.zeros((1, 2)), np.ones((1, 2)), 0.0, 2.0)

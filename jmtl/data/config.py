@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from jmtl.data.errors import DataError
+from jmtl.tasks import TaskKind, valid_metrics
 
 SPLITS = ("train", "validation", "test")
-KINDS = ("classification", "regression", "tagging", "mlm")
+# Kept for callers of the old name: the task kinds are ``jmtl.tasks.TaskKind``.
+KINDS = tuple(TaskKind)
 FORMATS = ("conll", "conllu", "csv", "tsv", "jsonl", "folders", "text", "tfds")
 LAYOUTS = ("same_input", "multi_input")
 
@@ -50,7 +52,7 @@ class TaskConfig:
 
   Attributes:
     name: task name, unique in the suite; also its feature key in the dataset.
-    kind: one of ``KINDS``.
+    kind: a ``TaskKind``.
     label: where the label is in the source (a column, key or CoNLL-U field).
     labels: an explicit, ordered label set, or None to take it from train.
     on_unseen_label: "error" or "unk" for a dev/test label missing from train.
@@ -59,7 +61,7 @@ class TaskConfig:
   """
 
   name: str
-  kind: str
+  kind: TaskKind
   label: str | int
   labels: tuple[str, ...] | None = None
   on_unseen_label: str = "error"
@@ -68,7 +70,7 @@ class TaskConfig:
 
   @property
   def token_level(self) -> bool:
-    return self.kind == "tagging"
+    return self.kind == TaskKind.TAGGING
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,13 +202,14 @@ def _parse_files(source: Mapping, root: Path, where: str):
 def _parse_task(task: Mapping, fmt: str, where: str) -> TaskConfig:
   name = _require(task, "name", where)
   kind = _require(task, "kind", where)
-  if kind not in KINDS:
-    raise DataError(f"{where}.kind: {kind!r} is not one of {', '.join(KINDS)}")
+  if kind not in tuple(TaskKind):
+    raise DataError(f"{where}.kind: {kind!r} is not one of {', '.join(TaskKind)}")
+  kind = TaskKind(kind)
   default_label = {"conll": name, "conllu": name, "folders": "folder"}.get(fmt, "label")
   label = task.get("label", default_label)
   if not isinstance(label, (str, int)) or label == "":
     raise DataError(f"{where}.label: expected a column or key name, got {label!r}")
-  if fmt == "conllu" and kind != "mlm":
+  if fmt == "conllu" and kind != TaskKind.MLM:
     ok = label in CONLLU_FIELDS or (isinstance(label, str) and label.startswith("comment:"))
     if not ok:
       raise DataError(f"{where}.label: CoNLL-U field {label!r} is not one of "
@@ -225,6 +228,11 @@ def _parse_task(task: Mapping, fmt: str, where: str) -> TaskConfig:
     raise DataError(f"{where}.max_head_distance: expected a positive integer")
   spec = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(task.items())
                if k in ("metrics", "main_metric", "higher_is_better"))
+  metrics = dict(spec).get("metrics", ())
+  metrics = [metrics] if isinstance(metrics, str) else metrics
+  if unknown := [m for m in metrics if m not in valid_metrics(kind)]:
+    raise DataError(f"{where}.metrics: unknown metric(s) {unknown} for a {kind} task; "
+                    f"valid metrics are {list(valid_metrics(kind))}")
   return TaskConfig(name=name, kind=kind, label=label,
                     labels=labels, on_unseen_label=unseen, max_head_distance=distance,
                     spec=spec)
@@ -252,7 +260,7 @@ def _parse_source(source: Mapping, tasks: Sequence[Mapping], name: str, root: Pa
       if not isinstance(index, int) or index < 0:
         raise DataError(f"{where}.columns.{key}: expected a column index >= 0, got {index!r}")
     for task, w in zip(parsed_tasks, task_where):
-      if task.kind != "mlm" and task.label not in columns:
+      if task.kind != TaskKind.MLM and task.label not in columns:
         raise DataError(f"{w}.label: column {task.label!r} is not in {where}.columns")
     options["columns"] = tuple(sorted(columns.items()))
   if fmt == "tfds":
@@ -266,13 +274,15 @@ def _parse_source(source: Mapping, tasks: Sequence[Mapping], name: str, root: Pa
                         split_seed=seed, options=tuple(sorted(options.items())),
                         tasks=parsed_tasks, where=where)
   for task, w in zip(parsed_tasks, task_where):
-    if task.kind == "tagging" and not config.token_level:
+    if task.kind == TaskKind.TAGGING and not config.token_level:
       raise DataError(f"{w}.kind: a tagging task needs word-level input "
                       f"(conll, conllu, or jsonl/tfds with 'tokens'), not {fmt}")
-    if fmt == "folders" and task.kind != "classification":
+    if fmt == "folders" and task.kind != TaskKind.CLASSIFICATION:
       raise DataError(f"{w}.kind: a folders source only gives classification labels")
-    if fmt == "text" and task.kind != "mlm":
+    if fmt == "text" and task.kind != TaskKind.MLM:
       raise DataError(f"{w}.kind: a text source has no labels; only mlm reads it")
+    if task.kind == TaskKind.SPAN_QA and fmt != "squad":
+      raise DataError(f"{w}.kind: a span_qa task reads SQuAD JSON (format squad), not {fmt}")
   return config
 
 
@@ -315,7 +325,7 @@ def parse_suite(config: Mapping) -> SuiteConfig:
     source = _require(config, "source", "suite", Mapping)
     _check_source_keys(source, set(), "source")
     for task, where in zip(tasks, task_where):
-      if task.get("kind") == "mlm":
+      if task.get("kind") == TaskKind.MLM:
         raise DataError(f"{where}.kind: mlm needs its own input; use layout multi_input")
     sources = (_parse_source(source, tasks, name, root, "source", task_where),)
   else:

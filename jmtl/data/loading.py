@@ -13,7 +13,7 @@ from jmtl.data.errors import DataError
 from jmtl.data.feed import encode, tokenize
 from jmtl.data.feed.pipeline import Suite, _Source
 from jmtl.data.sources import extras, store, suites
-from jmtl.tasks import TaskSpec
+from jmtl.tasks import TaskKind, TaskSpec
 
 SUITES = tuple(suites.STAGES) + tuple(extras.STAGES)
 Log = Callable[[str], None]
@@ -73,9 +73,9 @@ def _spec(task: TaskConfig, entry: Mapping[str, Any], vocab_size: int) -> TaskSp
   extra = dict(task.spec)
   if "metrics" in extra:
     extra["metrics"] = tuple(extra["metrics"])
-  if task.kind == "mlm":
+  if task.kind == TaskKind.MLM:
     return TaskSpec(task.name, task.kind, num_labels=vocab_size, **extra)
-  if task.kind == "regression":
+  if task.kind == TaskKind.REGRESSION:
     return TaskSpec(task.name, task.kind, num_labels=1, **extra)
   names = tuple(entry["labels"][task.name])
   return TaskSpec(task.name, task.kind, num_labels=len(names), label_names=names, **extra)

@@ -141,3 +141,18 @@ def test_a_latin1_file_in_a_folders_source(tmp_path, data_dir, log):
   with pytest.raises(data.DataError, match=r"sport/1.txt:2: byte 0xa3 cannot be decoded as "
                      r"utf-8 .*set tasks\[0\].encoding"):
     data.load_suite(config, data_dir, vocab_file=vocab_file(tmp_path), log=log)
+
+
+def test_task_kind_and_metrics_checked_against_task_kind_table():
+  from jmtl.data.config import parse_suite
+  from jmtl.data.errors import DataError
+  from jmtl.tasks import TaskKind
+  base = {"name": "s", "tasks": [{"name": "a", "kind": "classification", "format": "csv",
+                                  "files": {"train": "x.csv"}}]}
+  assert parse_suite(base).tasks[0].kind is TaskKind.CLASSIFICATION
+  bad = {**base, "tasks": [{**base["tasks"][0], "kind": "clasification"}]}
+  with pytest.raises(DataError, match=r"tasks\[0\]\.kind.*span_qa"):
+    parse_suite(bad)
+  bad = {**base, "tasks": [{**base["tasks"][0], "metrics": ["accuracy", "pearson"]}]}
+  with pytest.raises(DataError, match=r"tasks\[0\]\.metrics.*'pearson'.*macro_f1"):
+    parse_suite(bad)

@@ -21,6 +21,7 @@ from jmtl.data.config import SourceConfig, SuiteConfig
 from jmtl.data.feed import tokenize
 from jmtl.data.sources.builders import named
 from jmtl.data.sources.builders.common import quiet_tfds
+from jmtl.tasks import TaskKind
 
 
 @dataclasses.dataclass
@@ -107,7 +108,7 @@ def read_split(suite_dir: Path, source: SourceConfig, entry: dict[str, Any], spl
       if keys["text_pair"] and keys["text_pair"] in record:
         item["text_pair"] = _text(record[keys["text_pair"]])
     for task in source.tasks:
-      if task.kind != "mlm":
+      if task.kind != TaskKind.MLM:
         item[task.name] = record[label_keys[task.name]]
     result.append(item)
   return result
@@ -159,12 +160,12 @@ def encode_records(records: list[dict[str, Any]], source: SourceConfig,
   concat = lambda parts: (np.concatenate(parts) if parts else np.zeros(0, np.int32))
   token_labels, labels = {}, {}
   for task in source.tasks:
-    if task.kind == "tagging":
+    if task.kind == TaskKind.TAGGING:
       token_labels[task.name] = concat([tokenize.align_tags(e.word_ids, r[task.name])
                                         for e, r in zip(encoded, records)])
-    elif task.kind == "classification":
+    elif task.kind == TaskKind.CLASSIFICATION:
       labels[task.name] = np.array([int(r[task.name]) for r in records], np.int32)
-    elif task.kind == "regression":
+    elif task.kind == TaskKind.REGRESSION:
       labels[task.name] = np.array([float(r[task.name]) for r in records], np.float32)
   return EncodedSplit(offsets=offsets, ids=concat([e.ids for e in encoded]),
                       type_ids=concat([e.type_ids for e in encoded]),

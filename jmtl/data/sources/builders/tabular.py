@@ -22,11 +22,12 @@ from typing import Any
 from jmtl.data.config import SourceConfig, TaskConfig
 from jmtl.data.errors import at
 from jmtl.data.sources.builders.reading import Example, text_lines
+from jmtl.tasks import TaskKind
 
 
 def _label(path, line: int, task: TaskConfig, value: Any) -> Any:
   """Checks one raw label: a number for regression, a non-empty string otherwise."""
-  if task.kind == "regression":
+  if task.kind == TaskKind.REGRESSION:
     try:
       number = float(value)
     except (TypeError, ValueError):
@@ -35,7 +36,7 @@ def _label(path, line: int, task: TaskConfig, value: Any) -> Any:
     if number != number or abs(number) == float("inf"):
       raise at(path, line, f"target {value!r} of task {task.name!r} is not finite")
     return number
-  if task.kind == "tagging":
+  if task.kind == TaskKind.TAGGING:
     if not isinstance(value, list) or not all(isinstance(v, (str, int)) for v in value):
       raise at(path, line, f"task {task.name!r}: expected a list of tags, got {value!r}")
     tags = [str(v).strip() for v in value]
@@ -64,7 +65,7 @@ def read_csv(path: Path, source: SourceConfig) -> list[Example]:
         return []
       names = [n.strip() for n in names]
     wanted = {"text": source.option("text"), "text_pair": source.option("text_pair")}
-    wanted.update({t.name: t.label for t in source.tasks if t.kind != "mlm"})
+    wanted.update({t.name: t.label for t in source.tasks if t.kind != TaskKind.MLM})
     index = {}
     for key, column in wanted.items():
       if column is None:
@@ -97,7 +98,7 @@ def read_csv(path: Path, source: SourceConfig) -> list[Example]:
       if pair is not None and not pair:
         raise at(path, start, f"empty text in column {wanted['text_pair']!r}")
       values = {t.name: _label(path, start, t, row[index[t.name]])
-                for t in source.tasks if t.kind != "mlm"}
+                for t in source.tasks if t.kind != TaskKind.MLM}
       examples.append(Example(file=str(path), line=start, text=text, text_pair=pair,
                               values=values))
   return examples
@@ -118,7 +119,7 @@ def read_jsonl(path: Path, source: SourceConfig) -> list[Example]:
       if not isinstance(record, dict):
         raise at(path, number, "expected a JSON object")
       keys = [tokens_key] if tokens_key else [text_key] + ([pair_key] if pair_key else [])
-      keys += [t.label for t in source.tasks if t.kind != "mlm"]
+      keys += [t.label for t in source.tasks if t.kind != TaskKind.MLM]
       for key in keys:
         if key not in record:
           raise at(path, number, f"missing key {key!r}")
@@ -137,10 +138,10 @@ def read_jsonl(path: Path, source: SourceConfig) -> list[Example]:
         if pair_key:
           example.text_pair = str(record[pair_key]).strip()
       for task in source.tasks:
-        if task.kind == "mlm":
+        if task.kind == TaskKind.MLM:
           continue
         example.values[task.name] = _label(path, number, task, record[task.label])
-        if task.kind == "tagging" and len(example.values[task.name]) != len(example.tokens):
+        if task.kind == TaskKind.TAGGING and len(example.values[task.name]) != len(example.tokens):
           raise at(path, number, f"task {task.name!r}: {len(example.values[task.name])} tags "
                    f"for {len(example.tokens)} tokens")
       examples.append(example)
