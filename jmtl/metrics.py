@@ -340,7 +340,8 @@ def task_metrics(spec: TaskSpec, predictions: ArrayLike, labels: ArrayLike, mask
   Returns:
     ``{"loss": loss_sum / count, metric: value, ...}`` as Python floats. On a tagging
     task "span_f1" / "span_precision" / "span_recall" are entity-level over the BIO
-    ``spec.label_names``; on a span_qa task "span_f1" is token-overlap F1.
+    ``spec.label_names``; on a span_qa task "f1"/"span_f1" are token-overlap F1 of
+    window spans (``jmtl.train.qa_eval`` replaces EM and "f1" by answer-text scores).
 
   Raises:
     ValueError: entity metrics without ``label_names``, or mismatched shapes (a metric

@@ -50,14 +50,14 @@ METRICS_BY_KIND: dict[TaskKind, tuple[str, ...]] = {
     TaskKind.CLASSIFICATION: ("accuracy", "macro_f1", "mcc"),
     TaskKind.REGRESSION: ("pearson", "spearman"),
     TaskKind.TAGGING: ("accuracy", "macro_f1", "mcc", "span_f1", "span_precision", "span_recall"),
-    TaskKind.SPAN_QA: ("exact_match", "span_f1"),
+    TaskKind.SPAN_QA: ("exact_match", "f1", "span_f1"),
     TaskKind.MLM: ("accuracy", "perplexity"),
 }
 DEFAULT_METRICS: dict[TaskKind, tuple[str, ...]] = {
     TaskKind.CLASSIFICATION: ("accuracy", "macro_f1"),
     TaskKind.REGRESSION: ("pearson", "spearman"),
     TaskKind.TAGGING: ("accuracy",),
-    TaskKind.SPAN_QA: ("exact_match", "span_f1"),
+    TaskKind.SPAN_QA: ("exact_match", "f1"),
     TaskKind.MLM: ("accuracy", "perplexity"),
 }
 

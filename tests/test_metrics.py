@@ -283,7 +283,8 @@ def test_task_metrics_span_qa_and_mlm():
   spec = TaskSpec("squad", TaskKind.SPAN_QA)
   out = metrics.task_metrics(spec, np.array([[3, 5], [2, 4]]), np.array([[3, 5], [3, 6]]),
                              np.ones(2), loss_sum=4.0, count=2.0)
-  assert out == pytest.approx({"loss": 2.0, "exact_match": 0.5, "span_f1": (1 + 4 / 7) / 2})
+  # window-level token indices; "f1" is replaced by answer-text F1 in jmtl.train.qa_eval
+  assert out == pytest.approx({"loss": 2.0, "exact_match": 0.5, "f1": (1 + 4 / 7) / 2})
   spec = TaskSpec("mlm", TaskKind.MLM, num_labels=100)
   out = metrics.task_metrics(spec, np.array([[5, 7, 9]]), np.array([[5, 8, 0]]),
                              np.array([[1, 1, 0]]), loss_sum=3.0, count=2.0)

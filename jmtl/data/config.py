@@ -23,7 +23,7 @@ from jmtl.tasks import TaskKind, valid_metrics
 SPLITS = ("train", "validation", "test")
 # Kept for callers of the old name: the task kinds are ``jmtl.tasks.TaskKind``.
 KINDS = tuple(TaskKind)
-FORMATS = ("conll", "conllu", "csv", "tsv", "jsonl", "folders", "text", "tfds")
+FORMATS = ("conll", "conllu", "csv", "tsv", "jsonl", "folders", "text", "tfds", "squad")
 LAYOUTS = ("same_input", "multi_input")
 
 # CoNLL-U columns a task may name, plus ``comment:KEY`` for a sentence label.
@@ -39,6 +39,8 @@ _FORMAT_KEYS = {
     "folders": {"glob"},
     "text": set(),
     "tfds": {"dataset", "tfds_data_dir", "splits", "text", "text_pair", "tokens"},
+    "squad": {"squad_version", "doc_stride", "max_query_len", "max_answer_length",
+              "null_threshold"},
 }
 _ALL_FORMAT_KEYS = set().union(*_FORMAT_KEYS.values())
 _TASK_KEYS = {"name", "kind", "label", "labels", "on_unseen_label", "max_head_distance",
@@ -265,6 +267,13 @@ def _parse_source(source: Mapping, tasks: Sequence[Mapping], name: str, root: Pa
     options["columns"] = tuple(sorted(columns.items()))
   if fmt == "tfds":
     _require(source, "dataset", where)
+  for key in ("doc_stride", "max_query_len", "max_answer_length"):
+    if key in options and (not isinstance(options[key], int) or options[key] < 1):
+      raise DataError(f"{where}.{key}: expected a positive integer, got {options[key]!r}")
+  if options.get("squad_version") not in (None, "1.1", "2.0"):
+    raise DataError(f"{where}.squad_version: expected \"1.1\" or \"2.0\"")
+  if not isinstance(options.get("null_threshold", 0.0), (int, float)):
+    raise DataError(f"{where}.null_threshold: expected a number (the no-answer margin)")
   if fmt in ("csv", "tsv", "jsonl", "tfds") and "tokens" not in options:
     options.setdefault("text", "text")
   seed = source.get("split_seed", 0)
@@ -281,8 +290,9 @@ def _parse_source(source: Mapping, tasks: Sequence[Mapping], name: str, root: Pa
       raise DataError(f"{w}.kind: a folders source only gives classification labels")
     if fmt == "text" and task.kind != TaskKind.MLM:
       raise DataError(f"{w}.kind: a text source has no labels; only mlm reads it")
-    if task.kind == TaskKind.SPAN_QA and fmt != "squad":
-      raise DataError(f"{w}.kind: a span_qa task reads SQuAD JSON (format squad), not {fmt}")
+    if (task.kind == TaskKind.SPAN_QA) != (fmt == "squad"):
+      raise DataError(f"{w}.kind: span_qa tasks read SQuAD JSON (format squad) and a squad "
+                      f"source has only span_qa tasks; got a {task.kind} task on {fmt}")
   return config
 
 

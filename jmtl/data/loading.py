@@ -75,8 +75,8 @@ def _spec(task: TaskConfig, entry: Mapping[str, Any], vocab_size: int) -> TaskSp
     extra["metrics"] = tuple(extra["metrics"])
   if task.kind == TaskKind.MLM:
     return TaskSpec(task.name, task.kind, num_labels=vocab_size, **extra)
-  if task.kind == TaskKind.REGRESSION:
-    return TaskSpec(task.name, task.kind, num_labels=1, **extra)
+  if task.kind in (TaskKind.REGRESSION, TaskKind.SPAN_QA):
+    return TaskSpec(task.name, task.kind, **extra)
   names = tuple(entry["labels"][task.name])
   return TaskSpec(task.name, task.kind, num_labels=len(names), label_names=names, **extra)
 
@@ -109,6 +109,12 @@ def load_suite(name_or_config: str | Mapping[str, Any],
       log(f"{parsed.name}/{','.join(t.name for t in source.tasks)}: truncated to "
           f"max_len={max_len}: " + ", ".join(
               f"{split} {count}/{len(source.splits[split])}" for split, count in cut.items()))
+    cut_answers = {split: int(data.qa["cut_off"]) for split, data in source.splits.items()
+                   if "cut_off" in data.qa}
+    if any(cut_answers.values()):
+      log(f"{parsed.name}/{source.tasks[0].name}: answers cut in two by a window (those "
+          "windows are labelled no-answer; a smaller doc_stride or larger max_len avoids it): "
+          + ", ".join(f"{split} {count}" for split, count in cut_answers.items()))
   return suite
 
 

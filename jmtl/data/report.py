@@ -125,6 +125,10 @@ def inspect_lines(suite, split: str, count: int, tasks: Sequence[str] | None = N
           grid.append([spec.name] + [spec.label_names[v] if v >= 0 else "." for v in value])
         elif spec.kind == TaskKind.MLM:
           grid.append([spec.name] + [token(int(v)) if v >= 0 else "." for v in value])
+        elif spec.kind == TaskKind.SPAN_QA:
+          start, end = (int(v) for v in value)
+          answer = " ".join(token(int(i)) for i in row.ids[start:end + 1]) if end else "-"
+          lines.append(f"  {spec.name} = tokens {start}..{end}: {answer}")
         else:
           label = (spec.label_names[int(value)] if spec.label_names
                    else f"{float(np.asarray(value)):g}")

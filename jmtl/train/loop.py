@@ -22,6 +22,7 @@ from jmtl import balancers, data, metrics as metrics_lib
 from jmtl.config import ConfigError, balancer_hparams, to_json
 from jmtl.models import EncoderConfig, MultiTaskModel
 from jmtl.train import checkpoint as ckpt_lib
+from jmtl.train import qa_eval
 from jmtl.train.evaluate import evaluate, make_eval_fn, selection_score
 from jmtl.train.logging import MetricLogger
 from jmtl.train.parallel import make_train_step
@@ -236,6 +237,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     host_state = step_fn.gather_state(state)
     results = evaluate(model, eval_fn, host_state.params,
                        suite.eval_batches(split, config.data.eval_batch_size))
+    results = qa_eval.with_answer_scores(results, model, host_state.params, suite, split,
+                                         config.data.eval_batch_size)
     score = selection_score(results, tasks, _split_baselines(baselines, split, tasks))
     logger.write({"step": step_number, "split": split, "score": score, "tasks": results})
     return host_state, results, {"best": best_value(score, results)}
@@ -357,6 +360,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   step, state, _ = restored
   results = evaluate(model, make_eval_fn(model), state.params,
                      suite.eval_batches(split, config.data.eval_batch_size))
+  results = qa_eval.with_answer_scores(results, model, state.params, suite, split,
+                                       config.data.eval_batch_size)
   delta = _delta(results, tasks, load_baselines(config, tasks), split)
   main = {tk.name: tk.main_metric for tk in tasks}
   print(f"{split} at step {step}:\n" + metrics_lib.summarize_results(results, main, delta),

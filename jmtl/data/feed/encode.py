@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Callable, Mapping
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from jmtl.data.config import SourceConfig, SuiteConfig
-from jmtl.data.feed import tokenize
+from jmtl.data.feed import tokenize, windows
 from jmtl.data.sources.builders import named
 from jmtl.data.sources.builders.common import quiet_tfds
 from jmtl.tasks import TaskKind
@@ -35,6 +36,10 @@ class EncodedSplit:
     token_labels: tagging task -> int32 per-token labels (-1 = none), same layout.
     labels: sentence task -> [n] int32 (classes) or float32 (regression).
     truncated: bool [n], whether example i was cut to fit max_len.
+    qa: for a span_qa source, whose rows are windows of questions (``windows``):
+      ``question`` [n] (question of each row), ``char_starts``/``char_ends`` (same layout
+      as ``ids``), per question ``ids``, ``contexts`` and ``golds`` (JSON lists of
+      answer texts), and ``cut_off`` (answers the windows cut in two).
   """
 
   offsets: np.ndarray
@@ -43,6 +48,7 @@ class EncodedSplit:
   token_labels: dict[str, np.ndarray]
   labels: dict[str, np.ndarray]
   truncated: np.ndarray
+  qa: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
   def __len__(self) -> int:
     return len(self.offsets) - 1
@@ -56,6 +62,7 @@ class EncodedSplit:
               "truncated": self.truncated}
     arrays.update({f"token_labels/{k}": v for k, v in self.token_labels.items()})
     arrays.update({f"labels/{k}": v for k, v in self.labels.items()})
+    arrays.update({f"qa/{k}": v for k, v in self.qa.items()})
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp.npz", delete=False) as handle:
       np.savez(handle, **arrays)
@@ -70,7 +77,8 @@ class EncodedSplit:
                token_labels={k.split("/", 1)[1]: v for k, v in arrays.items()
                              if k.startswith("token_labels/")},
                labels={k.split("/", 1)[1]: v for k, v in arrays.items()
-                       if k.startswith("labels/")})
+                       if k.startswith("labels/")},
+               qa={k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("qa/")})
 
 
 def _text(value: Any) -> str:
@@ -149,6 +157,8 @@ def tokenizer_for(suite_dir: Path, suite: SuiteConfig, manifest: Mapping[str, An
 def encode_records(records: list[dict[str, Any]], source: SourceConfig,
                    wordpiece: tokenize.WordPiece) -> EncodedSplit:
   """Tokenizes records and aligns word-level tags to their first sub-word."""
+  if any(task.kind == TaskKind.SPAN_QA for task in source.tasks):
+    return encode_questions(records, source, wordpiece)
   if source.token_level:
     encoded = wordpiece.encode_words([r["tokens"] for r in records])
   else:
@@ -171,6 +181,31 @@ def encode_records(records: list[dict[str, Any]], source: SourceConfig,
                       type_ids=concat([e.type_ids for e in encoded]),
                       token_labels=token_labels, labels=labels,
                       truncated=np.array([e.truncated for e in encoded], bool))
+
+
+def encode_questions(records: list[dict[str, Any]], source: SourceConfig,
+                     wordpiece: tokenize.WordPiece) -> EncodedSplit:
+  """Questions with their contexts as window rows labelled with (start, end) tokens."""
+  (task,) = source.tasks  # a squad source has exactly one span_qa task (config checks)
+  values = [r[task.name] for r in records]
+  answers = [(int(v["starts"][0]), int(v["starts"][0]) + len(_text(v["texts"][0])))
+             if len(v["texts"]) else None for v in values]
+  max_query_len = source.option("max_query_len") or max(1, min(64, wordpiece.max_len // 4))
+  rows = windows.make_windows(wordpiece, [r["text"] for r in records],
+                              [r["text_pair"] for r in records], answers,
+                              doc_stride=source.option("doc_stride"),
+                              max_query_len=max_query_len)
+  lengths = np.array([len(ids) for ids in rows.ids], np.int64)
+  golds = [json.dumps([_text(t) for t in v["texts"]]) for v in values]
+  qa = {"question": rows.question, "char_starts": np.concatenate(rows.char_starts),
+        "char_ends": np.concatenate(rows.char_ends),
+        "ids": np.array([_text(v["id"]) for v in values]),
+        "contexts": np.array([r["text_pair"] for r in records]), "golds": np.array(golds),
+        "cut_off": np.array(rows.cut_off, np.int64)}
+  return EncodedSplit(offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+                      ids=np.concatenate(rows.ids), type_ids=np.concatenate(rows.type_ids),
+                      token_labels={}, labels={task.name: rows.spans},
+                      truncated=np.zeros(len(lengths), bool), qa=qa)
 
 
 def cache_key(tokenizer_json: str, max_len: int) -> str:

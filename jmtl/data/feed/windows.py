@@ -56,7 +56,7 @@ def answer_tokens(offsets: np.ndarray, char_start: int, char_end: int) -> tuple[
 
 
 def make_windows(wordpiece: WordPiece, questions: Sequence[str], contexts: Sequence[str],
-                 answers: Sequence[tuple[int, int] | None], *, doc_stride: int,
+                 answers: Sequence[tuple[int, int] | None], *, doc_stride: int | None,
                  max_query_len: int) -> QARows:
   """Window rows for questions with their contexts and (first) gold answer.
 
@@ -65,7 +65,8 @@ def make_windows(wordpiece: WordPiece, questions: Sequence[str], contexts: Seque
     questions, contexts: text per question.
     answers: per question the answer's characters ``(start, end)`` in its context, or
       None for an unanswerable question (every window is labelled "no answer").
-    doc_stride: context tokens between the starts of consecutive windows.
+    doc_stride: context tokens between the starts of consecutive windows; None for
+      half of the context room of each window.
     max_query_len: questions are cut to this many tokens.
   """
   max_len = wordpiece.max_len
@@ -83,7 +84,8 @@ def make_windows(wordpiece: WordPiece, questions: Sequence[str], contexts: Seque
     q_ids = q.ids[:max_query_len]
     truncated += len(q.ids) > max_query_len
     room = max_len - len(q_ids) - 3
-    if doc_stride < 1 or doc_stride > room:
+    stride = doc_stride or max(1, room // 2)
+    if stride > room:
       raise DataError(f"doc_stride: {doc_stride} must be in [1, {room}] (context tokens per "
                       f"window beside a {len(q_ids)}-token question at max_len={max_len})")
     offsets = np.asarray(c.offsets, np.int64).reshape(-1, 2)
@@ -107,7 +109,7 @@ def make_windows(wordpiece: WordPiece, questions: Sequence[str], contexts: Seque
         cut_off += first >= 0 and first < stop and last >= start  # overlaps, not whole
       if stop >= len(c.ids):
         break
-      start += doc_stride
+      start += stride
   return QARows(ids=ids, type_ids=type_ids, char_starts=char_starts, char_ends=char_ends,
                 question=np.asarray(owner, np.int64), spans=np.asarray(spans, np.int32).reshape(-1, 2),
                 cut_off=int(cut_off), truncated_questions=int(truncated))

@@ -76,8 +76,8 @@ def summary(suite: SuiteConfig, manifest: Mapping[str, Any], vocab_size: int
       counts = {split: entry["sizes"].get(split, 0) for split in ("train", "validation", "test")}
       if task.kind == TaskKind.MLM:
         counts["labels"] = vocab_size
-      elif task.kind == TaskKind.REGRESSION:
-        counts["labels"] = 1
+      elif task.kind in (TaskKind.REGRESSION, TaskKind.SPAN_QA):
+        counts["labels"] = 1 if task.kind == TaskKind.REGRESSION else 2
       else:
         counts["labels"] = len(entry["labels"][task.name])
       result[task.name] = counts

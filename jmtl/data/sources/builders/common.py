@@ -21,7 +21,7 @@ import numpy as np
 from jmtl.data import report
 from jmtl.data.config import SPLITS, SourceConfig, TaskConfig
 from jmtl.data.errors import DataError, at
-from jmtl.data.sources.builders import conll, conllu, folders, tabular
+from jmtl.data.sources.builders import conll, conllu, folders, squad, tabular
 from jmtl.data.sources.builders.reading import Example
 from jmtl.tasks import TaskKind
 
@@ -31,7 +31,7 @@ VERSION = "1.0.0"
 _NAMED_LABELS = (TaskKind.CLASSIFICATION, TaskKind.TAGGING)
 READERS = {"conll": conll.read, "conllu": conllu.read, "csv": tabular.read_csv,
            "tsv": tabular.read_csv, "jsonl": tabular.read_jsonl, "text": tabular.read_text,
-           "folders": folders.read}
+           "folders": folders.read, "squad": squad.read}
 
 
 def read_source(source: SourceConfig) -> dict[str, list[Example]]:
@@ -150,6 +150,10 @@ def features_of(source: SourceConfig, labels: dict[str, list[str]], has_pair: bo
       feats[task.name] = tfds.features.Sequence(tfds.features.ClassLabel(names=labels[task.name]))
     elif task.kind == TaskKind.CLASSIFICATION:
       feats[task.name] = tfds.features.ClassLabel(names=labels[task.name])
+    elif task.kind == TaskKind.SPAN_QA:
+      feats[task.name] = tfds.features.FeaturesDict({
+          "id": tfds.features.Text(), "texts": tfds.features.Sequence(tfds.features.Text()),
+          "starts": tfds.features.Sequence(np.int32)})
     elif task.kind == TaskKind.REGRESSION:
       feats[task.name] = tfds.features.Scalar(np.float32)
   return tfds.features.FeaturesDict(feats)
