@@ -310,6 +310,75 @@ def qa_span_f1(predictions: ArrayLike, labels: ArrayLike, mask: ArrayLike | None
   return float(np.mean(f1))
 
 
+# --- multi-label classification ---------------------------------------------------------
+
+
+def _multi_hot(probabilities: ArrayLike, labels: ArrayLike, mask: ArrayLike | None,
+               threshold: float) -> tuple[np.ndarray, np.ndarray]:
+  """Predicted and gold [N, C] booleans of the masked-in examples."""
+  probabilities, labels = np.asarray(probabilities, np.float64), np.asarray(labels) > 0.5
+  if probabilities.shape != labels.shape or labels.ndim != 2:
+    raise ValueError(f"multi-label scores and labels must be [N, C], got {probabilities.shape} "
+                     f"and {labels.shape}")
+  keep = np.ones(labels.shape[0], bool) if mask is None else np.asarray(mask).reshape(-1) > 0
+  return probabilities[keep] > threshold, labels[keep]
+
+
+def micro_f1(probabilities: ArrayLike, labels: ArrayLike, mask: ArrayLike | None = None,
+             threshold: float = 0.5) -> float:
+  """F1 of all (example, label) decisions pooled: 2TP / (2TP + FP + FN); 0 if 0/0.
+
+  Args:
+    probabilities: ``[N, C]`` sigmoid outputs; a label is predicted above ``threshold``.
+    labels: ``[N, C]`` multi-hot gold labels.
+    mask: ``[N]``, examples that count.
+  """
+  predicted, gold = _multi_hot(probabilities, labels, mask, threshold)
+  if gold.shape[0] == 0:
+    return _NAN
+  true_positives = np.sum(predicted & gold)
+  denominator = np.sum(predicted) + np.sum(gold)
+  return float(2.0 * true_positives / denominator) if denominator else 0.0
+
+
+def multilabel_macro_f1(probabilities: ArrayLike, labels: ArrayLike,
+                        mask: ArrayLike | None = None, threshold: float = 0.5) -> float:
+  """Unweighted mean over all C labels of the per-label F1; a label never gold nor
+  predicted scores 0 (sklearn's ``f1_score(average="macro")`` on multi-hot arrays)."""
+  predicted, gold = _multi_hot(probabilities, labels, mask, threshold)
+  if gold.shape[0] == 0:
+    return _NAN
+  true_positives = np.sum(predicted & gold, axis=0)
+  denominator = np.sum(predicted, axis=0) + np.sum(gold, axis=0)
+  per_label = np.where(denominator > 0, 2.0 * true_positives / np.maximum(denominator, 1), 0.0)
+  return float(np.mean(per_label))
+
+
+def subset_accuracy(probabilities: ArrayLike, labels: ArrayLike, mask: ArrayLike | None = None,
+                    threshold: float = 0.5) -> float:
+  """Fraction of examples whose predicted label set equals the gold set exactly."""
+  predicted, gold = _multi_hot(probabilities, labels, mask, threshold)
+  if gold.shape[0] == 0:
+    return _NAN
+  return float(np.mean(np.all(predicted == gold, axis=1)))
+
+
+def best_threshold(probabilities: ArrayLike, labels: ArrayLike, mask: ArrayLike | None = None
+                   ) -> tuple[float, float]:
+  """The threshold in 0.05, 0.10, ..., 0.95 with the best micro F1, and that F1.
+
+  Tune it on validation and set the task's ``threshold`` to it; ties go to the threshold
+  closest to 0.5.
+  """
+  grid = np.round(np.arange(0.05, 0.951, 0.05), 2)
+  scores = np.array([micro_f1(probabilities, labels, mask, t) for t in grid])
+  if np.all(np.isnan(scores)):
+    return _NAN, _NAN
+  best = np.flatnonzero(scores >= np.nanmax(scores) - 1e-12)
+  choice = best[np.argmin(np.abs(grid[best] - 0.5))]
+  return float(grid[choice]), float(scores[choice])
+
+
 def perplexity(loss_sum: float, count: float) -> float:
   """exp of the mean per-token cross-entropy; NaN without tokens, inf past float range."""
   if count <= 0:
@@ -367,6 +436,8 @@ def task_metrics(spec: TaskSpec, predictions: ArrayLike, labels: ArrayLike, mask
       elif spec.kind == TaskKind.SPAN_QA:
         qa_metric = qa_exact_match if name == "exact_match" else qa_span_f1
         results[name] = qa_metric(predictions, labels, mask)
+      elif spec.kind == TaskKind.MULTI_LABEL:
+        results[name] = _multi_label_metric(name, spec, predictions, labels, mask)
       elif name == "perplexity":
         results[name] = perplexity(loss_sum, count)
       else:
@@ -374,6 +445,14 @@ def task_metrics(spec: TaskSpec, predictions: ArrayLike, labels: ArrayLike, mask
   except ValueError as error:
     raise ValueError(f"task {spec.name!r}: {error}") from error
   return results
+
+
+def _multi_label_metric(name: str, spec: TaskSpec, probabilities, labels, mask) -> float:
+  if name in ("best_threshold", "tuned_micro_f1"):
+    return best_threshold(probabilities, labels, mask)[name == "tuned_micro_f1"]
+  metric = {"micro_f1": micro_f1, "macro_f1": multilabel_macro_f1,
+            "subset_accuracy": subset_accuracy}[name]
+  return metric(probabilities, labels, mask, spec.threshold)
 
 
 # --- multi-task summary ---------------------------------------------------------------------

@@ -44,7 +44,7 @@ _FORMAT_KEYS = {
 }
 _ALL_FORMAT_KEYS = set().union(*_FORMAT_KEYS.values())
 _TASK_KEYS = {"name", "kind", "label", "labels", "on_unseen_label", "max_head_distance",
-              "metrics", "main_metric", "higher_is_better"}
+              "metrics", "main_metric", "higher_is_better", "threshold", "label_separator"}
 _SUITE_KEYS = {"name", "layout", "tasks", "source", "root"}
 
 
@@ -59,7 +59,8 @@ class TaskConfig:
     labels: an explicit, ordered label set, or None to take it from train.
     on_unseen_label: "error" or "unk" for a dev/test label missing from train.
     max_head_distance: clip of the signed head offset (CoNLL-U ``head_distance``).
-    spec: extra ``TaskSpec`` fields (metrics, main_metric, higher_is_better).
+    spec: extra ``TaskSpec`` fields (metrics, main_metric, higher_is_better, threshold).
+    label_separator: multi_label in csv/tsv: the separator of labels in one cell.
   """
 
   name: str
@@ -69,10 +70,16 @@ class TaskConfig:
   on_unseen_label: str = "error"
   max_head_distance: int = 8
   spec: tuple[tuple[str, Any], ...] = ()
+  label_separator: str = "|"
 
   @property
   def token_level(self) -> bool:
     return self.kind == TaskKind.TAGGING
+
+  @property
+  def label_lists(self) -> bool:
+    """Whether a label is a list of names (tags per word, or a multi-label set)."""
+    return self.kind in (TaskKind.TAGGING, TaskKind.MULTI_LABEL)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,7 +236,17 @@ def _parse_task(task: Mapping, fmt: str, where: str) -> TaskConfig:
   if not isinstance(distance, int) or distance < 1:
     raise DataError(f"{where}.max_head_distance: expected a positive integer")
   spec = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(task.items())
-               if k in ("metrics", "main_metric", "higher_is_better"))
+               if k in ("metrics", "main_metric", "higher_is_better", "threshold"))
+  threshold = task.get("threshold", 0.5)
+  if kind != TaskKind.MULTI_LABEL and "threshold" in task:
+    raise DataError(f"{where}.threshold: only a multi_label task has a threshold")
+  if not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+    raise DataError(f"{where}.threshold: expected a number in (0, 1), got {threshold!r}")
+  separator = task.get("label_separator", "|")
+  if kind != TaskKind.MULTI_LABEL and "label_separator" in task:
+    raise DataError(f"{where}.label_separator: only a multi_label task has one")
+  if not isinstance(separator, str) or not separator:
+    raise DataError(f"{where}.label_separator: expected a non-empty string")
   metrics = dict(spec).get("metrics", ())
   metrics = [metrics] if isinstance(metrics, str) else metrics
   if unknown := [m for m in metrics if m not in valid_metrics(kind)]:
@@ -237,7 +254,7 @@ def _parse_task(task: Mapping, fmt: str, where: str) -> TaskConfig:
                     f"valid metrics are {list(valid_metrics(kind))}")
   return TaskConfig(name=name, kind=kind, label=label,
                     labels=labels, on_unseen_label=unseen, max_head_distance=distance,
-                    spec=spec)
+                    spec=spec, label_separator=separator)
 
 
 def _parse_source(source: Mapping, tasks: Sequence[Mapping], name: str, root: Path,
@@ -290,6 +307,9 @@ def _parse_source(source: Mapping, tasks: Sequence[Mapping], name: str, root: Pa
       raise DataError(f"{w}.kind: a folders source only gives classification labels")
     if fmt == "text" and task.kind != TaskKind.MLM:
       raise DataError(f"{w}.kind: a text source has no labels; only mlm reads it")
+    if task.kind == TaskKind.MULTI_LABEL and fmt not in ("csv", "tsv", "jsonl"):
+      raise DataError(f"{w}.kind: multi_label reads csv/tsv (label_separator) or jsonl "
+                      f"(a list), not {fmt}")
     if (task.kind == TaskKind.SPAN_QA) != (fmt == "squad"):
       raise DataError(f"{w}.kind: span_qa tasks read SQuAD JSON (format squad) and a squad "
                       f"source has only span_qa tasks; got a {task.kind} task on {fmt}")

@@ -85,6 +85,10 @@ def prepare_lines(suite, manifest: Mapping[str, Any], min_count: int) -> list[st
     if any(cut.values()):
       lines.append(f"  truncated to max_len={suite.max_len}: " + ", ".join(
           f"{split} {cut[split]}/{sizes[split]}" for split in SPLITS if split in cut))
+    empty = entries[spec.name].get("empty_label_lists", {}).get(spec.name, {})
+    if any(empty.values()):
+      warnings.append(f"{spec.name}: examples with an empty label list (kept: no label "
+                      "applies): " + ", ".join(f"{s} {n}" for s, n in empty.items() if n))
     counts = entries[spec.name].get("label_counts", {}).get(spec.name)
     if not spec.label_names:
       continue
@@ -125,6 +129,9 @@ def inspect_lines(suite, split: str, count: int, tasks: Sequence[str] | None = N
           grid.append([spec.name] + [spec.label_names[v] if v >= 0 else "." for v in value])
         elif spec.kind == TaskKind.MLM:
           grid.append([spec.name] + [token(int(v)) if v >= 0 else "." for v in value])
+        elif spec.kind == TaskKind.MULTI_LABEL:
+          names = [spec.label_names[i] for i in np.flatnonzero(np.asarray(value) > 0)]
+          lines.append(f"  {spec.name} = {{{', '.join(names)}}}")
         elif spec.kind == TaskKind.SPAN_QA:
           start, end = (int(v) for v in value)
           answer = " ".join(token(int(i)) for i in row.ids[start:end + 1]) if end else "-"

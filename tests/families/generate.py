@@ -50,9 +50,33 @@ def write_families(root: str, seed: int = 0, n_train: int = 40, n_eval: int = 12
       {"name": "qa", "kind": "span_qa", "format": "squad", "doc_stride": 4,
        "max_answer_length": 4,
        "files": {s: f"squad.{s}.json" for s, _ in splits}}]}
+  multi_label_files(root, rng, splits)
+  suites["multi_label"] = {"name": "fam_multi_label", "layout": "multi_input", "tasks": [
+      {"name": "animals_csv", "kind": "multi_label", "format": "csv", "label": "animals",
+       "label_separator": "|", "files": {s: f"animals.{s}.csv" for s, _ in splits},
+       "metrics": ["micro_f1", "macro_f1", "best_threshold", "tuned_micro_f1"]},
+      {"name": "animals_jsonl", "kind": "multi_label", "format": "jsonl", "label": "animals",
+       "threshold": 0.4, "files": {s: f"animals.{s}.jsonl" for s, _ in splits}}]}
   paths = {}
   for family, suite in suites.items():
     paths[family] = os.path.join(root, f"{family}_suite.json")
     with open(paths[family], "w") as f:
       json.dump(suite, f, indent=1)
   return paths
+
+
+def multi_label_files(root: str, rng, splits) -> None:
+  """Sentences mentioning some animals; the labels are the animals mentioned (csv with "|",
+  and the same as jsonl lists). Some sentences mention none: an empty label set."""
+  for split, n in splits:
+    rows = []
+    for _ in range(n):
+      animals = sorted({str(a) for a in rng.choice(ANIMALS, rng.integers(0, 3))})
+      words = _sentence(rng, 5) + animals + _sentence(rng, 3)
+      rng.shuffle(words)
+      rows.append((" ".join(words), animals))
+    with open(os.path.join(root, f"animals.{split}.csv"), "w") as f:
+      f.write("text,animals\n")
+      f.writelines(f"{text},{'|'.join(labels)}\n" for text, labels in rows)
+    with open(os.path.join(root, f"animals.{split}.jsonl"), "w") as f:
+      f.writelines(json.dumps({"text": text, "animals": labels}) + "\n" for text, labels in rows)

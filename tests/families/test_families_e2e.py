@@ -51,3 +51,13 @@ def test_extractive_qa_trains_and_scores_answer_text(families, tmp_path):
   assert 0.0 <= em <= f1 <= 1.0
   # Half the questions are unanswerable; predicting "" for all scores 0.5, so learning shows.
   print(stdout[stdout.rindex("validation at step"):])
+
+
+def test_multi_label_csv_and_jsonl_train(families, tmp_path):
+  stdout = train(families, "multi_label", tmp_path, 40, "--config.optimizer.learning_rate=3e-3")
+  for task in ("animals_csv", "animals_jsonl"):
+    assert 0.0 <= metric(stdout, task, "macro_f1") <= 1.0
+  # The tuned threshold's micro F1 is at least that of 0.5 (a point of its grid).
+  assert 0.05 <= metric(stdout, "animals_csv", "best_threshold") <= 0.95
+  assert metric(stdout, "animals_csv", "tuned_micro_f1") >= metric(stdout, "animals_csv",
+                                                                   "micro_f1")

@@ -155,7 +155,8 @@ def tokenizer_for(suite_dir: Path, suite: SuiteConfig, manifest: Mapping[str, An
 
 
 def encode_records(records: list[dict[str, Any]], source: SourceConfig,
-                   wordpiece: tokenize.WordPiece) -> EncodedSplit:
+                   wordpiece: tokenize.WordPiece,
+                   num_labels: Mapping[str, int] | None = None) -> EncodedSplit:
   """Tokenizes records and aligns word-level tags to their first sub-word."""
   if any(task.kind == TaskKind.SPAN_QA for task in source.tasks):
     return encode_questions(records, source, wordpiece)
@@ -177,6 +178,11 @@ def encode_records(records: list[dict[str, Any]], source: SourceConfig,
       labels[task.name] = np.array([int(r[task.name]) for r in records], np.int32)
     elif task.kind == TaskKind.REGRESSION:
       labels[task.name] = np.array([float(r[task.name]) for r in records], np.float32)
+    elif task.kind == TaskKind.MULTI_LABEL:  # class ids -> multi-hot [n, C]
+      multi_hot = np.zeros((len(records), num_labels[task.name]), np.float32)
+      for row, record in enumerate(records):
+        multi_hot[row, np.asarray(record[task.name], np.int64)] = 1.0
+      labels[task.name] = multi_hot
   return EncodedSplit(offsets=offsets, ids=concat([e.ids for e in encoded]),
                       type_ids=concat([e.type_ids for e in encoded]),
                       token_labels=token_labels, labels=labels,
@@ -219,6 +225,7 @@ def load_or_encode(suite_dir: Path, source: SourceConfig, entry: dict[str, Any],
   path = suite_dir / "encoded" / key / f"{source.name}.{split}.npz"
   if path.exists():
     return EncodedSplit.load(path)
-  encoded = encode_records(read(suite_dir, source, entry, split), source, wordpiece)
+  encoded = encode_records(read(suite_dir, source, entry, split), source, wordpiece,
+                           {name: len(names) for name, names in entry["labels"].items()})
   encoded.save(path)
   return encoded

@@ -36,6 +36,15 @@ def _label(path, line: int, task: TaskConfig, value: Any) -> Any:
     if number != number or abs(number) == float("inf"):
       raise at(path, line, f"target {value!r} of task {task.name!r} is not finite")
     return number
+  if task.kind == TaskKind.MULTI_LABEL:
+    if isinstance(value, str):  # a csv cell; an empty cell is an empty label set
+      value = [v for v in value.split(task.label_separator) if v.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, (str, int)) for v in value):
+      raise at(path, line, f"task {task.name!r}: expected a list of labels, got {value!r}")
+    labels = [str(v).strip() for v in value]
+    if any(not label for label in labels):
+      raise at(path, line, f"empty label in the label list of task {task.name!r}")
+    return sorted(set(labels))
   if task.kind == TaskKind.TAGGING:
     if not isinstance(value, list) or not all(isinstance(v, (str, int)) for v in value):
       raise at(path, line, f"task {task.name!r}: expected a list of tags, got {value!r}")
@@ -80,6 +89,7 @@ def read_csv(path: Path, source: SourceConfig) -> list[Example]:
       else:
         index[key] = column
     expected = len(names) if names is not None else None
+    separated = set()  # multi_label tasks whose separator appears in the file
     line = reader.line_num
     for row in reader:
       start, line = line + 1, reader.line_num
@@ -101,6 +111,14 @@ def read_csv(path: Path, source: SourceConfig) -> list[Example]:
                 for t in source.tasks if t.kind != TaskKind.MLM}
       examples.append(Example(file=str(path), line=start, text=text, text_pair=pair,
                               values=values))
+      for task in source.tasks:
+        if task.kind == TaskKind.MULTI_LABEL and task.label_separator in row[index[task.name]]:
+          separated.add(task.name)
+  for task in source.tasks:
+    if task.kind == TaskKind.MULTI_LABEL and examples and task.name not in separated:
+      raise at(path, None, f"label_separator {task.label_separator!r} of task {task.name!r} "
+               f"never appears in column {wanted[task.name]!r}: every example would have one "
+               "label; set the task's label_separator to the file's separator")
   return examples
 
 

@@ -1,0 +1,101 @@
+"""The data side of extractive QA, multi-label and pair tasks: builders, and bad input."""
+
+import json
+
+import numpy as np
+import pytest
+
+from jmtl import data
+
+
+def squad_json(qas, context="The Denver Broncos beat the Carolina Panthers.", version="v2.0"):
+  return json.dumps({"version": version, "data": [{"title": "t", "paragraphs": [
+      {"context": context, "qas": qas}]}]}, indent=1)
+
+
+def qa_suite(train, **options):
+  return {"name": "qa", "tasks": [{"name": "qa", "kind": "span_qa", "format": "squad",
+                                   "files": {"train": str(train)}, **options}]}
+
+
+def test_squad_answer_not_at_its_offset_names_file_question_and_line(write, data_dir, log):
+  path = write("train.json", squad_json([
+      {"id": "ok", "question": "who won", "answers": [{"text": "Denver Broncos",
+                                                        "answer_start": 4}]},
+      {"id": "shifted", "question": "who lost", "answers": [{"text": "Carolina",
+                                                            "answer_start": 27}]}]))
+  with pytest.raises(data.DataError) as caught:
+    data.prepare(qa_suite(path), data_dir, log=log)
+  message = str(caught.value)
+  assert str(path) in message and "'shifted'" in message and "character 27" in message
+  line = next(n for n, text in enumerate(path.read_text().splitlines(), 1)
+              if '"shifted"' in text)
+  assert f":{line}:" in message
+
+
+def test_squad_v1_question_without_answer_is_an_error(write, data_dir, log):
+  path = write("train.json", squad_json([{"id": "q", "question": "who", "answers": []}],
+                                        version="1.1"))
+  with pytest.raises(data.DataError, match="'q' has no answer.*v2.0"):
+    data.prepare(qa_suite(path), data_dir, log=log)
+
+
+def test_squad_v2_windows_labels_and_cut_off_report(write, data_dir, log):
+  context = " ".join(["filler"] * 30) + " the Denver Broncos won the game " + " ".join(
+      ["filler"] * 30)
+  start = context.index("Denver Broncos")
+  path = write("train.json", squad_json([
+      {"id": "a", "question": "who won", "answers": [{"text": "Denver Broncos",
+                                                       "answer_start": start}]},
+      {"id": "u", "question": "who lost", "answers": [], "is_impossible": True}], context))
+  suite = data.load_suite(qa_suite(path, doc_stride=8), data_dir, max_len=16, buckets=(16,),
+                          vocab_size=60, log=log)
+  split = suite.sources[0].splits["train"]
+  questions = split.qa["question"]
+  assert len(split) > 2 and set(questions) == {0, 1}
+  spans = split.labels["qa"]
+  assert (spans[questions == 1] == 0).all()  # unanswerable: every window says no-answer
+  answered = [i for i in np.flatnonzero(questions == 0) if spans[i, 0] > 0]
+  assert answered
+  for i in answered:
+    a, b = split.offsets[i], split.offsets[i + 1]
+    s, e = spans[i]
+    starts, ends = split.qa["char_starts"][a:b], split.qa["char_ends"][a:b]
+    assert context[starts[s]:ends[e]] == "Denver Broncos"
+  # "the Denver Broncos" spans several sub-words: with stride 8 some window cuts it in two.
+  assert int(split.qa["cut_off"]) > 0
+  assert any("answers cut in two by a window" in line for line in log)
+
+
+def ml_suite(path, fmt="csv", **task):
+  return {"name": "ml", "tasks": [{"name": "tags", "kind": "multi_label", "format": fmt,
+                                   "label": "tags", "files": {"train": str(path)}, **task}]}
+
+
+def test_multi_label_csv_multi_hot_and_empty_lists_are_counted(write, data_dir, log):
+  path = write("train.csv", "text,tags\na cat,cat\na dog and a cat,cat|dog\nnothing,\n"
+               "an owl,owl\n")
+  data.prepare(ml_suite(path), data_dir, log=log)
+  assert any("empty label list" in line and "train 1" in line for line in log)
+  suite = data.load_suite(ml_suite(path), data_dir, vocab_size=60, log=log)
+  (spec,) = suite.tasks
+  assert spec.label_names == ("cat", "dog", "owl")
+  rows = suite.sources[0].splits["train"].labels["tags"]  # TFDS stores records reordered
+  assert sorted(map(tuple, rows.tolist())) == sorted([(1, 0, 0), (1, 1, 0), (0, 0, 0), (0, 0, 1)])
+  batch = next(suite.train_iterator(2))["tags"]
+  assert batch["tags"].shape == (2, 3) and batch["tags_mask"].shape == (2,)
+
+
+def test_multi_label_separator_that_never_appears_names_the_file(write, data_dir, log):
+  path = write("train.csv", "text,tags\na cat,cat;dog\na dog,dog\n")
+  with pytest.raises(data.DataError) as caught:
+    data.prepare(ml_suite(path), data_dir, log=log)
+  assert str(path) in str(caught.value) and "label_separator '|'" in str(caught.value)
+  data.prepare(ml_suite(path, label_separator=";"), data_dir, log=log)  # the fix works
+
+
+def test_multi_label_jsonl_needs_a_list(write, data_dir, log):
+  path = write("train.jsonl", '{"text": "a cat", "tags": ["cat"]}\n'
+               '{"text": "a dog", "tags": {"dog": 1}}\n')
+  with pytest.raises(data.DataError, match=r"train.jsonl:2: .*expected a list of labels"):
+    data.prepare(ml_suite(path, "jsonl"), data_dir, log=log)
