@@ -33,9 +33,9 @@ _SOURCE_KEYS = {"format", "files", "split_ratio", "split_seed", "encoding"}
 _FORMAT_KEYS = {
     "conll": {"columns", "separator"},
     "conllu": set(),
-    "csv": {"text", "text_pair", "header", "delimiter"},
-    "tsv": {"text", "text_pair", "header", "delimiter"},
-    "jsonl": {"text", "text_pair", "tokens"},
+    "csv": {"text", "text_pair", "header", "delimiter", "entity_spans", "entity_markers"},
+    "tsv": {"text", "text_pair", "header", "delimiter", "entity_spans", "entity_markers"},
+    "jsonl": {"text", "text_pair", "tokens", "entity_spans", "entity_markers"},
     "folders": {"glob"},
     "text": set(),
     "tfds": {"dataset", "tfds_data_dir", "splits", "text", "text_pair", "tokens"},
@@ -284,6 +284,16 @@ def _parse_source(source: Mapping, tasks: Sequence[Mapping], name: str, root: Pa
     options["columns"] = tuple(sorted(columns.items()))
   if fmt == "tfds":
     _require(source, "dataset", where)
+  for key in ("entity_spans", "entity_markers"):
+    value = options.get(key)
+    if value is not None and (not isinstance(value, (list, tuple)) or len(value) != 4
+                              or len(set(value)) != 4 or not all(value)):
+      raise DataError(f"{where}.{key}: expected four distinct names (e1 start, e1 end, "
+                      f"e2 start, e2 end), got {value!r}")
+    if value is not None:
+      if "tokens" in options:
+        raise DataError(f"{where}.{key}: entity markers go into text input, not 'tokens'")
+      options[key] = tuple(value)
   for key in ("doc_stride", "max_query_len", "max_answer_length"):
     if key in options and (not isinstance(options[key], int) or options[key] < 1):
       raise DataError(f"{where}.{key}: expected a positive integer, got {options[key]!r}")

@@ -13,6 +13,7 @@ from jmtl.data.errors import DataError
 from jmtl.data.feed import encode, tokenize
 from jmtl.data.feed.pipeline import Suite, _Source
 from jmtl.data.sources import extras, store, suites
+from jmtl.data.sources.builders import relations
 from jmtl.tasks import TaskKind, TaskSpec
 
 SUITES = tuple(suites.STAGES) + tuple(extras.STAGES)
@@ -128,6 +129,10 @@ def _tokenized(parsed: SuiteConfig, manifest: Mapping[str, Any], data_dir: Path,
   else:
     tokenizer = encode.tokenizer_for(suite_dir, parsed, manifest, vocab_size=vocab_size,
                                     lowercase=lowercase, log=log)
+  # Entity markers of relation sources are special tokens, so WordPiece never splits them.
+  markers = sorted({m for source in parsed.sources for m in relations.markers_of(source)})
+  if markers:
+    tokenizer.add_special_tokens(markers)
   wordpiece = tokenize.WordPiece(tokenizer, max_len)
   key = encode.cache_key(tokenizer.to_str(), max_len)
   sources = []

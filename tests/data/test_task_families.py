@@ -99,3 +99,74 @@ def test_multi_label_jsonl_needs_a_list(write, data_dir, log):
                '{"text": "a dog", "tags": {"dog": 1}}\n')
   with pytest.raises(data.DataError, match=r"train.jsonl:2: .*expected a list of labels"):
     data.prepare(ml_suite(path, "jsonl"), data_dir, log=log)
+
+
+@pytest.mark.parametrize("name, text, line", [
+    ("pairs.jsonl", '{"a": "x y", "b": "y z", "label": "p"}\n{"a": "x", "b": null, "label": "q"}\n',
+     2),
+    ("pairs.jsonl", '{"a": "x y", "b": "  ", "label": "p"}\n', 1),
+    ("pairs.csv", "a,b,label\nx y,y z,p\nx,,q\n", 3),
+])
+def test_pair_with_a_missing_second_text_names_file_and_line(write, data_dir, log, name, text,
+                                                            line):
+  path = write(name, text)
+  suite = {"name": "p", "tasks": [{"name": "nli", "kind": "classification",
+                                   "format": name.split(".")[1], "text": "a", "text_pair": "b",
+                                   "files": {"train": str(path)}}]}
+  with pytest.raises(data.DataError, match=rf"{name}:{line}: missing second text"):
+    data.prepare(suite, data_dir, log=log)
+
+
+def test_pairs_are_one_sequence_with_segment_ids(write, data_dir, log):
+  path = write("pairs.jsonl", "".join(
+      json.dumps({"a": f"the cat {i}", "b": "a dog", "label": "yes" if i % 2 else "no"}) + "\n"
+      for i in range(6)))
+  suite = data.load_suite({"name": "p", "tasks": [
+      {"name": "nli", "kind": "classification", "format": "jsonl", "text": "a",
+       "text_pair": "b", "files": {"train": str(path)}}]}, data_dir, vocab_size=60, log=log)
+  batch = next(suite.train_iterator(2))["nli"]
+  for row, types, mask in zip(batch["input_ids"], batch["token_type_ids"],
+                              batch["attention_mask"]):
+    tokens = [suite.tokenizer.id_to_token(int(i)) for i in row[mask > 0]]
+    first_sep = tokens.index("[SEP]")
+    assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]" and first_sep < len(tokens) - 1
+    assert (types[:first_sep + 1] == 0).all() and (types[first_sep + 1:mask.sum()] == 1).all()
+    assert tokens[first_sep + 1:-1] == ["a", "dog"]
+
+
+def relation_suite(path, **options):
+  return {"name": "rel", "tasks": [{"name": "rel", "kind": "classification", "format": "csv",
+                                    "text": "s", "label": "r", "files": {"train": str(path)},
+                                    **options}]}
+
+
+def test_relation_markers_inserted_at_offsets_as_special_tokens(write, data_dir, log):
+  path = write("rel.csv", "s,h0,h1,t0,t1,r\nParis is in France,0,5,12,18,in\n"
+               "Rome is in Italy,0,4,11,16,in\nBerlin beats Paris,0,6,13,18,beats\n")
+  suite = data.load_suite(relation_suite(path, entity_spans=["h0", "h1", "t0", "t1"]),
+                          data_dir, vocab_size=60, log=log)
+  texts = []
+  for i in range(3):
+    row = suite.row(0, "train", i)
+    tokens = [suite.tokenizer.id_to_token(int(t)) for t in row.ids]
+    texts.append(" ".join(tokens).replace(" ##", ""))  # sub-words joined into words
+  # Each marker is one token (a special token), never split into "[", "e1", "]".
+  assert "[CLS] [E1] paris [/E1] is in [E2] france [/E2] [SEP]" in texts
+  assert "[CLS] [E1] berlin [/E1] beats [E2] paris [/E2] [SEP]" in texts
+  for marker in ("[E1]", "[/E1]", "[E2]", "[/E2]"):
+    assert suite.tokenizer.token_to_id(marker) is not None
+
+
+@pytest.mark.parametrize("text, options, problem", [
+    ("s,h0,h1,t0,t1,r\nParis is in France,0,5,12,40,in\n",
+     {"entity_spans": ["h0", "h1", "t0", "t1"]}, "rel.csv:2: entity e2 span"),
+    ("s,h0,h1,t0,t1,r\nParis is in France,0,5,3,9,in\n",
+     {"entity_spans": ["h0", "h1", "t0", "t1"]}, "rel.csv:2: entities e1.*overlap"),
+    ("s,r\n[E1] Paris [/E1] is in France,in\n", {"entity_markers": ["[E1]", "[/E1]", "[E2]",
+                                                                    "[/E2]"]},
+     "rel.csv:2: entity marker '\\[E2\\]' appears 0 times"),
+])
+def test_relation_bad_spans_and_markers(write, data_dir, log, text, options, problem):
+  path = write("rel.csv", text)
+  with pytest.raises(data.DataError, match=problem):
+    data.prepare(relation_suite(path, **options), data_dir, log=log)

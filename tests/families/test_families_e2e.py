@@ -61,3 +61,30 @@ def test_multi_label_csv_and_jsonl_train(families, tmp_path):
   assert 0.05 <= metric(stdout, "animals_csv", "best_threshold") <= 0.95
   assert metric(stdout, "animals_csv", "tuned_micro_f1") >= metric(stdout, "animals_csv",
                                                                    "micro_f1")
+
+
+def test_pair_classification_and_pair_regression_train(families, tmp_path):
+  stdout = train(families, "pairs", tmp_path, 10)
+  assert 0.0 <= metric(stdout, "nli", "accuracy") <= 1.0
+  assert -1.0 <= metric(stdout, "sts", "spearman") <= 1.0
+
+
+def test_same_input_class_intensity_and_topic_columns_train(families, tmp_path):
+  stdout = train(families, "same_input", tmp_path, 10)
+  assert 0.0 <= metric(stdout, "polarity", "accuracy") <= 1.0
+  assert -1.0 <= metric(stdout, "intensity", "pearson") <= 1.0
+  assert 0.0 <= metric(stdout, "topic", "accuracy") <= 1.0
+
+
+def test_relation_classification_trains(families, tmp_path):
+  stdout = train(families, "relations", tmp_path, 10)
+  assert 0.0 <= metric(stdout, "relation", "accuracy") <= 1.0
+
+
+def test_every_family_in_one_multi_task_suite(families, tmp_path):
+  stdout = train(families, "all", tmp_path, 10)
+  for task, name in (("qa", "f1"), ("animals_csv", "micro_f1"), ("nli", "accuracy"),
+                     ("sts", "pearson"), ("relation", "accuracy")):
+    value = metric(stdout, task, name)
+    assert value == value, f"{task} {name} is NaN"  # every head was evaluated
+  print(stdout[stdout.rindex("validation at step"):])

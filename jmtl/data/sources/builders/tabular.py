@@ -21,6 +21,7 @@ from typing import Any
 
 from jmtl.data.config import SourceConfig, TaskConfig
 from jmtl.data.errors import at
+from jmtl.data.sources.builders import relations
 from jmtl.data.sources.builders.reading import Example, text_lines
 from jmtl.tasks import TaskKind
 
@@ -75,6 +76,9 @@ def read_csv(path: Path, source: SourceConfig) -> list[Example]:
       names = [n.strip() for n in names]
     wanted = {"text": source.option("text"), "text_pair": source.option("text_pair")}
     wanted.update({t.name: t.label for t in source.tasks if t.kind != TaskKind.MLM})
+    span_names = source.option("entity_spans") or ()
+    wanted.update({f"entity_spans[{i}]": column for i, column in enumerate(span_names)})
+    markers = relations.markers_of(source)
     index = {}
     for key, column in wanted.items():
       if column is None:
@@ -101,12 +105,18 @@ def read_csv(path: Path, source: SourceConfig) -> list[Example]:
       if max(index.values()) >= len(row):
         raise at(path, start, f"row has {len(row)} columns, the config reads column "
                  f"{max(index.values())}")
-      text = row[index["text"]].strip()
+      text = row[index["text"]]
+      if span_names:  # offsets count in the cell as written, so mark before stripping
+        text = relations.mark(text, [row[index[f"entity_spans[{i}]"]] for i in range(4)],
+                              markers, path, start, span_names)
+      text = text.strip()
       if not text:
         raise at(path, start, f"empty text in column {wanted['text']!r}")
+      if markers and not span_names:
+        relations.check_marked(text, markers, path, start)
       pair = row[index["text_pair"]].strip() if "text_pair" in index else None
       if pair is not None and not pair:
-        raise at(path, start, f"empty text in column {wanted['text_pair']!r}")
+        raise at(path, start, f"missing second text: column {wanted['text_pair']!r} is empty")
       values = {t.name: _label(path, start, t, row[index[t.name]])
                 for t in source.tasks if t.kind != TaskKind.MLM}
       examples.append(Example(file=str(path), line=start, text=text, text_pair=pair,
@@ -138,6 +148,7 @@ def read_jsonl(path: Path, source: SourceConfig) -> list[Example]:
         raise at(path, number, "expected a JSON object")
       keys = [tokens_key] if tokens_key else [text_key] + ([pair_key] if pair_key else [])
       keys += [t.label for t in source.tasks if t.kind != TaskKind.MLM]
+      keys += list(source.option("entity_spans") or ())
       for key in keys:
         if key not in record:
           raise at(path, number, f"missing key {key!r}")
@@ -150,11 +161,22 @@ def read_jsonl(path: Path, source: SourceConfig) -> list[Example]:
           raise at(path, number, "empty token")
         example.tokens = words
       else:
-        example.text = str(record[text_key]).strip()
+        example.text = str(record[text_key])
+        markers = relations.markers_of(source)
+        if spans := source.option("entity_spans"):
+          example.text = relations.mark(example.text, [record[k] for k in spans], markers, path,
+                                        number, spans)
+        example.text = example.text.strip()
         if not example.text:
           raise at(path, number, f"empty text in key {text_key!r}")
+        if markers and not spans:
+          relations.check_marked(example.text, markers, path, number)
         if pair_key:
-          example.text_pair = str(record[pair_key]).strip()
+          pair = record[pair_key]
+          example.text_pair = pair.strip() if isinstance(pair, str) else ""
+          if not example.text_pair:
+            raise at(path, number, f"missing second text: key {pair_key!r} is "
+                     f"{'empty' if isinstance(pair, str) else repr(pair)}")
       for task in source.tasks:
         if task.kind == TaskKind.MLM:
           continue
