@@ -43,8 +43,8 @@ def test_a_typo_names_its_key_path_and_the_nearest_key():
 def test_keys_in_the_wrong_place_say_where_they_belong():
   spec = two_tasks()
   spec["tasks"][1]["columns"] = {"token": 0}
-  assert error(spec) == ("tasks[1].columns: not an option of format 'jsonl' (it reads text, "
-                         "text_pair, tokens)")
+  assert error(spec) == ("tasks[1].columns: not an option of format 'jsonl' (it reads "
+                         "entity_markers, entity_spans, text, text_pair, tokens)")
   spec = two_tasks()
   spec["format"] = "conll"
   assert error(spec) == "suite.format: belongs to a task (or to 'source')"

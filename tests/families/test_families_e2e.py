@@ -1,7 +1,6 @@
 """Every task family end to end through ``jmtl train`` on generated data (tiny model)."""
 
 import os
-import re
 import subprocess
 import sys
 
@@ -9,15 +8,14 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from generate import write_families  # noqa: E402
+from test_cli import TINY_OVERRIDES  # noqa: E402
 
-TINY = [
-    "--config.data.max_len=32", "--config.data.buckets=(32,)", "--config.data.vocab_size=200",
-    "--config.data.batch_size=8", "--config.data.eval_batch_size=16", "--config.model.width=32",
-    "--config.model.depth=1", "--config.model.num_heads=2", "--config.model.mlp_width=64",
-    "--config.model.pooled_width=32", "--config.model.head_hidden=16",
-    "--config.optimizer.warmup_steps=2", "--config.train.log_every=10",
-    "--config.train.eval_every=0",
-]
+# test_cli's tiny model, a little wider and longer (later flags override earlier ones).
+TINY = [*TINY_OVERRIDES, "--config.data.max_len=32", "--config.data.buckets=(32,)",
+        "--config.data.batch_size=8", "--config.data.eval_batch_size=16",
+        "--config.model.width=32", "--config.model.pooled_width=32",
+        "--config.model.mlp_width=64", "--config.model.head_hidden=16",
+        "--config.train.log_every=10"]
 
 
 @pytest.fixture(scope="module")
