@@ -49,6 +49,11 @@ def f1(prediction: str, gold: str) -> float:
   return 2 * precision * recall / (precision + recall)
 
 
+def _gold_answers(answers: Sequence[str]) -> list[str]:
+  """The gold answers to score against; [""] for an unanswerable question (v2.0)."""
+  return [a for a in answers if normalize_answer(a)] or [""]
+
+
 def squad_scores(predictions: Mapping[str, str], golds: Mapping[str, Sequence[str]]
                  ) -> dict[str, float]:
   """Mean ``exact_match`` and ``f1`` (fractions in [0, 1]) over the questions of ``golds``.
@@ -62,7 +67,7 @@ def squad_scores(predictions: Mapping[str, str], golds: Mapping[str, Sequence[st
     return {"exact_match": float("nan"), "f1": float("nan")}
   em_total = f1_total = 0.0
   for qid, answers in golds.items():
-    answers = [a for a in answers if normalize_answer(a)] or [""]
+    answers = _gold_answers(answers)
     if qid not in predictions:
       continue
     em_total += max(exact_match(predictions[qid], a) for a in answers)
@@ -157,9 +162,9 @@ def best_null_threshold(answers: Sequence[Answer], golds: Sequence[Sequence[str]
   gaps = np.array([a.null_score - a.score for a in answers], np.float64)
   finite = np.sort(gaps[np.isfinite(gaps)])
   candidates = np.concatenate([[(finite[0] - 1.0) if finite.size else 0.0], finite])
-  answer_f1 = np.array([max(f1(a.text, g) for g in ([x for x in gs if x] or [""]))
-                        for a, gs in zip(answers, golds)])
-  null_f1 = np.array([float(not [x for x in gs if normalize_answer(x)]) for gs in golds])
+  golds = [_gold_answers(gs) for gs in golds]
+  answer_f1 = np.array([max(f1(a.text, g) for g in gs) for a, gs in zip(answers, golds)])
+  null_f1 = np.array([float(gs == [""]) for gs in golds])
   best_threshold, best_score = 0.0, -np.inf
   for threshold in candidates:
     score = float(np.mean(np.where(gaps > threshold, null_f1, answer_f1)))

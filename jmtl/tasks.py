@@ -52,7 +52,7 @@ METRICS_BY_KIND: dict[TaskKind, tuple[str, ...]] = {
     TaskKind.CLASSIFICATION: ("accuracy", "macro_f1", "mcc"),
     TaskKind.REGRESSION: ("pearson", "spearman"),
     TaskKind.TAGGING: ("accuracy", "macro_f1", "mcc", "span_f1", "span_precision", "span_recall"),
-    TaskKind.SPAN_QA: ("exact_match", "f1", "span_f1"),
+    TaskKind.SPAN_QA: ("exact_match", "f1", "span_f1", "best_f1", "best_null_threshold"),
     TaskKind.MLM: ("accuracy", "perplexity"),
     TaskKind.MULTI_LABEL: ("micro_f1", "macro_f1", "subset_accuracy", "best_threshold",
                            "tuned_micro_f1"),

@@ -148,3 +148,20 @@ def test_windows_count_answers_cut_off_and_unanswerable(wordpiece):
   rows = windows.make_windows(wordpiece, ["who"], [context], [None], doc_stride=2,
                               max_query_len=4)
   assert (rows.spans == 0).all() and rows.cut_off == 0
+
+
+def test_best_null_threshold_matches_brute_force_and_beats_zero():
+  rng = np.random.default_rng(0)
+  answers = [squad.Answer(str(rng.choice(["cat", "dog"])), float(rng.normal()),
+                          float(rng.normal())) for _ in range(40)]
+  golds = [[] if rng.random() < 0.4 else [str(rng.choice(["cat", "dog"]))] for _ in range(40)]
+  ids = [str(i) for i in range(40)]
+
+  def f1_at(threshold):
+    texts = {i: "" if a.null_score - a.score > threshold else a.text
+             for i, a in zip(ids, answers)}
+    return squad.squad_scores(texts, dict(zip(ids, golds)))["f1"]
+
+  threshold, best = squad.best_null_threshold(answers, golds)
+  assert best == pytest.approx(f1_at(threshold))
+  assert best >= max(f1_at(t) for t in np.linspace(-4, 4, 81)) - 1e-12

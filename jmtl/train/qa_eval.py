@@ -31,7 +31,9 @@ def _logits_fn(model):
 
 def answer_scores(model, params, suite, split: str, batch_size: int
                   ) -> dict[str, dict[str, float]]:
-  """``{task: {"exact_match", "f1", "null_threshold"?}}`` for the span_qa tasks of ``suite``."""
+  """``{task: {"exact_match", "f1", ...}}`` for the span_qa tasks of ``suite``; on SQuAD
+  v2.0 data also ``best_null_threshold`` and its ``best_f1`` (tune ``null_threshold`` on
+  validation with them)."""
   logits = _logits_fn(model)
   known = set(model.names)
   results = {}
@@ -58,11 +60,15 @@ def answer_scores(model, params, suite, split: str, batch_size: int
     threshold = source.config.option("null_threshold")
     if threshold is None and any(not g for g in golds):
       threshold = 0.0  # SQuAD v2.0: unanswerable questions exist, BERT's default margin
-    answers = squad.decode(pad(starts), pad(ends), windows, [str(c) for c in data.qa["contexts"]],
-                           max_answer_length=source.config.option("max_answer_length") or 30,
-                           null_threshold=threshold)
+    contexts = [str(c) for c in data.qa["contexts"]]
+    decode = functools.partial(squad.decode, pad(starts), pad(ends), windows, contexts,
+                               max_answer_length=source.config.option("max_answer_length") or 30)
+    answers = decode(null_threshold=threshold)
     ids = [str(i) for i in data.qa["ids"]]
     scores = squad.squad_scores({i: a.text for i, a in zip(ids, answers)}, dict(zip(ids, golds)))
+    if threshold is not None:  # v2.0: the no-answer margin that would be best on this split
+      scores["best_null_threshold"], scores["best_f1"] = squad.best_null_threshold(
+          decode(null_threshold=None), golds)
     results[task.name] = scores
   return results
 

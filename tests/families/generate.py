@@ -48,7 +48,7 @@ def write_families(root: str, seed: int = 0, n_train: int = 40, n_eval: int = 12
     squad_file(os.path.join(root, f"squad.{split}.json"), rng, n)
   suites["qa"] = {"name": "fam_qa", "layout": "multi_input", "tasks": [
       {"name": "qa", "kind": "span_qa", "format": "squad", "doc_stride": 4,
-       "max_answer_length": 4,
+       "max_answer_length": 4, "metrics": ["exact_match", "f1", "best_f1", "best_null_threshold"],
        "files": {s: f"squad.{s}.json" for s, _ in splits}}]}
   multi_label_files(root, rng, splits)
   suites["multi_label"] = {"name": "fam_multi_label", "layout": "multi_input", "tasks": [

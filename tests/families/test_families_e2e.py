@@ -47,6 +47,8 @@ def test_extractive_qa_trains_and_scores_answer_text(families, tmp_path):
   stdout = train(families, "qa", tmp_path, 30, "--config.optimizer.learning_rate=3e-3")
   em, f1 = metric(stdout, "qa", "exact_match"), metric(stdout, "qa", "f1")
   assert 0.0 <= em <= f1 <= 1.0
+  # The tuned no-answer margin does at least as well as the default one (0) it could pick.
+  assert metric(stdout, "qa", "best_f1") >= f1 - 1e-4
   # Half the questions are unanswerable; predicting "" for all scores 0.5, so learning shows.
   print(stdout[stdout.rindex("validation at step"):])
 
