@@ -82,6 +82,10 @@ def prepare_lines(suite, manifest: Mapping[str, Any], min_count: int) -> list[st
     labels = f"{spec.num_labels} labels" if spec.label_names else {
         TaskKind.MLM: "masked LM", TaskKind.REGRESSION: "regression"}.get(spec.kind, "")
     lines.append(f"{suite.name}/{spec.name} ({spec.kind}): {counted} examples; {labels}")
+    if spec.kind == TaskKind.SPAN_QA:  # rows are windows; the manifest counts questions
+      questions = entries[spec.name]["sizes"]
+      lines.append("  windows of " + ", ".join(f"{split} {questions[split]}" for split in SPLITS
+                                               if split in questions) + " questions")
     if any(cut.values()):
       lines.append(f"  truncated to max_len={suite.max_len}: " + ", ".join(
           f"{split} {cut[split]}/{sizes[split]}" for split in SPLITS if split in cut))

@@ -65,6 +65,9 @@ def test_squad_v2_windows_labels_and_cut_off_report(write, data_dir, log):
   # "the Denver Broncos" spans several sub-words: with stride 8 some window cuts it in two.
   assert int(split.qa["cut_off"]) > 0
   assert any("answers cut in two by a window" in line for line in log)
+  log.clear()
+  data.prepare(qa_suite(path, doc_stride=8), data_dir, log=log, max_len=16, vocab_size=60)
+  assert "  windows of train 2 questions" in log
 
 
 def ml_suite(path, fmt="csv", **task):
