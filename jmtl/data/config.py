@@ -309,6 +309,8 @@ def _parse_source(source: Mapping, tasks: Sequence[Mapping], name: str, root: Pa
   config = SourceConfig(name=dataset_name(name), format=fmt, files=files, split_ratio=ratio,
                         split_seed=seed, options=tuple(sorted(options.items())),
                         tasks=parsed_tasks, where=where)
+  if fmt == "squad" and len(parsed_tasks) != 1:
+    raise DataError(f"{where}: a squad source holds one span_qa task, got {len(parsed_tasks)}")
   for task, w in zip(parsed_tasks, task_where):
     if task.kind == TaskKind.TAGGING and not config.token_level:
       raise DataError(f"{w}.kind: a tagging task needs word-level input "

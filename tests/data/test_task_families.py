@@ -173,3 +173,25 @@ def test_relation_bad_spans_and_markers(write, data_dir, log, text, options, pro
   path = write("rel.csv", text)
   with pytest.raises(data.DataError, match=problem):
     data.prepare(relation_suite(path, **options), data_dir, log=log)
+
+
+@pytest.mark.parametrize("suite, problem", [
+    ({"name": "s", "layout": "same_input", "source": {"format": "squad", "files": {"train": "x"}},
+      "tasks": [{"name": "a", "kind": "span_qa"}, {"name": "b", "kind": "span_qa"}]},
+     "source: a squad source holds one span_qa task, got 2"),
+    ({"name": "s", "tasks": [{"name": "a", "kind": "span_qa", "format": "csv",
+                              "files": {"train": "x"}}]}, r"tasks\[0\].kind: span_qa tasks read"),
+    ({"name": "s", "tasks": [{"name": "a", "kind": "multi_label", "format": "conll",
+                              "columns": {"token": 0, "a": 1}, "files": {"train": "x"}}]},
+     r"tasks\[0\].kind: multi_label reads csv/tsv"),
+    ({"name": "s", "tasks": [{"name": "a", "kind": "classification", "format": "csv",
+                              "threshold": 0.3, "files": {"train": "x"}}]},
+     r"tasks\[0\].threshold: only a multi_label task"),
+    ({"name": "s", "tasks": [{"name": "a", "kind": "classification", "format": "csv",
+                              "entity_spans": ["a", "b", "c"], "files": {"train": "x"}}]},
+     r"tasks\[0\].entity_spans: expected four distinct names"),
+])
+def test_family_config_errors_name_the_key(suite, problem):
+  from jmtl.data.config import parse_suite
+  with pytest.raises(data.DataError, match=problem):
+    parse_suite(suite)
