@@ -195,3 +195,11 @@ def test_family_config_errors_name_the_key(suite, problem):
   from jmtl.data.config import parse_suite
   with pytest.raises(data.DataError, match=problem):
     parse_suite(suite)
+
+
+def test_squad_doc_stride_wider_than_a_window_names_the_key(write, data_dir, log):
+  path = write("train.json", squad_json([{"id": "a", "question": "who won", "answers": [
+      {"text": "Denver Broncos", "answer_start": 4}]}]))
+  with pytest.raises(data.DataError, match=r"tasks\[0\]\.doc_stride: 50 must be in \[1, "):
+    data.load_suite(qa_suite(path, doc_stride=50), data_dir, max_len=16, buckets=(16,),
+                    vocab_size=60, log=log)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from jmtl.data.config import SourceConfig, SuiteConfig
+from jmtl.data.errors import DataError
 from jmtl.data.feed import tokenize, windows
 from jmtl.data.sources.builders import named
 from jmtl.data.sources.builders.common import quiet_tfds
@@ -197,10 +198,13 @@ def encode_questions(records: list[dict[str, Any]], source: SourceConfig,
   answers = [(int(v["starts"][0]), int(v["starts"][0]) + len(_text(v["texts"][0])))
              if len(v["texts"]) else None for v in values]
   max_query_len = source.option("max_query_len") or max(1, min(64, wordpiece.max_len // 4))
-  rows = windows.make_windows(wordpiece, [r["text"] for r in records],
-                              [r["text_pair"] for r in records], answers,
-                              doc_stride=source.option("doc_stride"),
-                              max_query_len=max_query_len)
+  try:
+    rows = windows.make_windows(wordpiece, [r["text"] for r in records],
+                                [r["text_pair"] for r in records], answers,
+                                doc_stride=source.option("doc_stride"),
+                                max_query_len=max_query_len)
+  except DataError as error:  # name the config key's place: "tasks[0].doc_stride: ..."
+    raise DataError(f"{source.where}.{error}") from None
   lengths = np.array([len(ids) for ids in rows.ids], np.int64)
   golds = [json.dumps([_text(t) for t in v["texts"]]) for v in values]
   qa = {"question": rows.question, "char_starts": np.concatenate(rows.char_starts),
