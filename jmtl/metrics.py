@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from jmtl.tasks import TaskKind, TaskSpec
+from jmtl.tasks import TaskKind, TaskSpec, valid_metrics  # noqa: F401 (re-exported)
 
 ArrayLike = Any  # np.ndarray, jax.Array, or nested Python lists
 
@@ -310,6 +310,75 @@ def qa_span_f1(predictions: ArrayLike, labels: ArrayLike, mask: ArrayLike | None
   return float(np.mean(f1))
 
 
+# --- multi-label classification ---------------------------------------------------------
+
+
+def _multi_hot(probabilities: ArrayLike, labels: ArrayLike, mask: ArrayLike | None,
+               threshold: float) -> tuple[np.ndarray, np.ndarray]:
+  """Predicted and gold [N, C] booleans of the masked-in examples."""
+  probabilities, labels = np.asarray(probabilities, np.float64), np.asarray(labels) > 0.5
+  if probabilities.shape != labels.shape or labels.ndim != 2:
+    raise ValueError(f"multi-label scores and labels must be [N, C], got {probabilities.shape} "
+                     f"and {labels.shape}")
+  keep = np.ones(labels.shape[0], bool) if mask is None else np.asarray(mask).reshape(-1) > 0
+  return probabilities[keep] > threshold, labels[keep]
+
+
+def micro_f1(probabilities: ArrayLike, labels: ArrayLike, mask: ArrayLike | None = None,
+             threshold: float = 0.5) -> float:
+  """F1 of all (example, label) decisions pooled: 2TP / (2TP + FP + FN); 0 if 0/0.
+
+  Args:
+    probabilities: ``[N, C]`` sigmoid outputs; a label is predicted above ``threshold``.
+    labels: ``[N, C]`` multi-hot gold labels.
+    mask: ``[N]``, examples that count.
+  """
+  predicted, gold = _multi_hot(probabilities, labels, mask, threshold)
+  if gold.shape[0] == 0:
+    return _NAN
+  true_positives = np.sum(predicted & gold)
+  denominator = np.sum(predicted) + np.sum(gold)
+  return float(2.0 * true_positives / denominator) if denominator else 0.0
+
+
+def multilabel_macro_f1(probabilities: ArrayLike, labels: ArrayLike,
+                        mask: ArrayLike | None = None, threshold: float = 0.5) -> float:
+  """Unweighted mean over all C labels of the per-label F1; a label never gold nor
+  predicted scores 0 (sklearn's ``f1_score(average="macro")`` on multi-hot arrays)."""
+  predicted, gold = _multi_hot(probabilities, labels, mask, threshold)
+  if gold.shape[0] == 0:
+    return _NAN
+  true_positives = np.sum(predicted & gold, axis=0)
+  denominator = np.sum(predicted, axis=0) + np.sum(gold, axis=0)
+  per_label = np.where(denominator > 0, 2.0 * true_positives / np.maximum(denominator, 1), 0.0)
+  return float(np.mean(per_label))
+
+
+def subset_accuracy(probabilities: ArrayLike, labels: ArrayLike, mask: ArrayLike | None = None,
+                    threshold: float = 0.5) -> float:
+  """Fraction of examples whose predicted label set equals the gold set exactly."""
+  predicted, gold = _multi_hot(probabilities, labels, mask, threshold)
+  if gold.shape[0] == 0:
+    return _NAN
+  return float(np.mean(np.all(predicted == gold, axis=1)))
+
+
+def best_threshold(probabilities: ArrayLike, labels: ArrayLike, mask: ArrayLike | None = None
+                   ) -> tuple[float, float]:
+  """The threshold in 0.05, 0.10, ..., 0.95 with the best micro F1, and that F1.
+
+  Tune it on validation and set the task's ``threshold`` to it; ties go to the threshold
+  closest to 0.5.
+  """
+  grid = np.round(np.arange(0.05, 0.951, 0.05), 2)
+  scores = np.array([micro_f1(probabilities, labels, mask, t) for t in grid])
+  if np.all(np.isnan(scores)):
+    return _NAN, _NAN
+  best = np.flatnonzero(scores >= np.nanmax(scores) - 1e-12)
+  choice = best[np.argmin(np.abs(grid[best] - 0.5))]
+  return float(grid[choice]), float(scores[choice])
+
+
 def perplexity(loss_sum: float, count: float) -> float:
   """exp of the mean per-token cross-entropy; NaN without tokens, inf past float range."""
   if count <= 0:
@@ -320,21 +389,8 @@ def perplexity(loss_sum: float, count: float) -> float:
 
 # --- dispatch for the evaluation loop -------------------------------------------------------
 
-_METRICS_BY_KIND = {
-    TaskKind.CLASSIFICATION: ("accuracy", "macro_f1", "mcc"),
-    TaskKind.REGRESSION: ("pearson", "spearman"),
-    TaskKind.TAGGING: ("accuracy", "macro_f1", "mcc", "span_f1", "span_precision", "span_recall"),
-    TaskKind.SPAN_QA: ("exact_match", "span_f1"),
-    TaskKind.MLM: ("accuracy", "perplexity"),
-}
-
 _UNIT_METRICS = {"accuracy": accuracy, "macro_f1": macro_f1, "mcc": mcc,
                  "pearson": pearson, "spearman": spearman}
-
-
-def valid_metrics(kind: TaskKind | str) -> tuple[str, ...]:
-  """Metric names ``task_metrics`` computes for a task kind ("loss" is always there)."""
-  return ("loss",) + _METRICS_BY_KIND[TaskKind(kind)]
 
 
 def task_metrics(spec: TaskSpec, predictions: ArrayLike, labels: ArrayLike, mask: ArrayLike,
@@ -353,17 +409,13 @@ def task_metrics(spec: TaskSpec, predictions: ArrayLike, labels: ArrayLike, mask
   Returns:
     ``{"loss": loss_sum / count, metric: value, ...}`` as Python floats. On a tagging
     task "span_f1" / "span_precision" / "span_recall" are entity-level over the BIO
-    ``spec.label_names``; on a span_qa task "span_f1" is token-overlap F1.
+    ``spec.label_names``; on a span_qa task "f1"/"span_f1" are token-overlap F1 of
+    window spans (``jmtl.train.qa_eval`` replaces EM and "f1" by answer-text scores).
 
   Raises:
-    ValueError: a metric the task's kind does not define (the message lists the valid
-      names), entity metrics without ``label_names``, or mismatched shapes.
+    ValueError: entity metrics without ``label_names``, or mismatched shapes (a metric
+      the kind does not define already fails when the ``TaskSpec`` is built).
   """
-  valid = valid_metrics(spec.kind)
-  unknown = [name for name in spec.metrics if name not in valid]
-  if unknown:
-    raise ValueError(f"task {spec.name!r} ({spec.kind}): unknown metric(s) {unknown}; "
-                     f"valid metrics are {list(valid)}")
   wants_entities = (spec.kind == TaskKind.TAGGING
                     and any(name.startswith("span_") for name in spec.metrics))
   if wants_entities and not spec.label_names:
@@ -384,6 +436,8 @@ def task_metrics(spec: TaskSpec, predictions: ArrayLike, labels: ArrayLike, mask
       elif spec.kind == TaskKind.SPAN_QA:
         qa_metric = qa_exact_match if name == "exact_match" else qa_span_f1
         results[name] = qa_metric(predictions, labels, mask)
+      elif spec.kind == TaskKind.MULTI_LABEL:
+        results[name] = _multi_label_metric(name, spec, predictions, labels, mask)
       elif name == "perplexity":
         results[name] = perplexity(loss_sum, count)
       else:
@@ -391,6 +445,14 @@ def task_metrics(spec: TaskSpec, predictions: ArrayLike, labels: ArrayLike, mask
   except ValueError as error:
     raise ValueError(f"task {spec.name!r}: {error}") from error
   return results
+
+
+def _multi_label_metric(name: str, spec: TaskSpec, probabilities, labels, mask) -> float:
+  if name in ("best_threshold", "tuned_micro_f1"):
+    return best_threshold(probabilities, labels, mask)[name == "tuned_micro_f1"]
+  metric = {"micro_f1": micro_f1, "macro_f1": multilabel_macro_f1,
+            "subset_accuracy": subset_accuracy}[name]
+  return metric(probabilities, labels, mask, spec.threshold)
 
 
 # --- multi-task summary ---------------------------------------------------------------------

@@ -283,7 +283,8 @@ def test_task_metrics_span_qa_and_mlm():
   spec = TaskSpec("squad", TaskKind.SPAN_QA)
   out = metrics.task_metrics(spec, np.array([[3, 5], [2, 4]]), np.array([[3, 5], [3, 6]]),
                              np.ones(2), loss_sum=4.0, count=2.0)
-  assert out == pytest.approx({"loss": 2.0, "exact_match": 0.5, "span_f1": (1 + 4 / 7) / 2})
+  # window-level token indices; "f1" is replaced by answer-text F1 in jmtl.train.qa_eval
+  assert out == pytest.approx({"loss": 2.0, "exact_match": 0.5, "f1": (1 + 4 / 7) / 2})
   spec = TaskSpec("mlm", TaskKind.MLM, num_labels=100)
   out = metrics.task_metrics(spec, np.array([[5, 7, 9]]), np.array([[5, 8, 0]]),
                              np.array([[1, 1, 0]]), loss_sum=3.0, count=2.0)
@@ -291,9 +292,12 @@ def test_task_metrics_span_qa_and_mlm():
 
 
 def test_task_metrics_errors_and_empty_eval():
-  spec = TaskSpec("sst2", TaskKind.CLASSIFICATION, num_labels=2, metrics=("accuracy", "pearson"))
+  # An unknown metric fails when the spec is built, naming the valid ones.
   with pytest.raises(ValueError, match=r"'sst2'.*'pearson'.*macro_f1"):
-    metrics.task_metrics(spec, np.zeros(2), np.zeros(2), np.ones(2), 0.0, 2.0)
+    TaskSpec("sst2", TaskKind.CLASSIFICATION, num_labels=2, metrics=("accuracy", "pearson"))
+  for kind in TaskKind:  # every default is a metric evaluation computes
+    spec = TaskSpec("t", kind, num_labels=1 if kind == TaskKind.REGRESSION else 2)
+    assert set(spec.metrics) <= set(metrics.valid_metrics(kind))
   spec = TaskSpec("ner", TaskKind.TAGGING, num_labels=3, metrics=("span_f1",))
   with pytest.raises(ValueError, match="label_names"):
     metrics.task_metrics(spec, np.zeros((1, 2)), np.zeros((1, 2)), np.ones((1, 2)), 0.0, 2.0)
@@ -350,3 +354,37 @@ def test_summarize_results_fixed_width_table():
     assert len(row.rstrip()) <= len(lines[1])
   assert lines[0].index("accuracy") + len("accuracy") == lines[2].index("0.900*") + len("0.900")
   assert lines[-1] == "delta_m: +1.50%"
+
+
+# --- multi-label ----------------------------------------------------------------------------
+
+
+def test_multi_label_metrics_hand_computed():
+  # 3 examples x 3 labels; probabilities thresholded at 0.5.
+  probabilities = np.array([[0.9, 0.2, 0.7], [0.6, 0.8, 0.1], [0.1, 0.3, 0.4]])
+  gold = np.array([[1, 0, 1], [0, 1, 0], [0, 1, 0]])
+  # predicted: [1,0,1], [1,1,0], [0,0,0]
+  # label 0: TP 1 FP 1 FN 0 -> F1 2/3; label 1: TP 1 FP 0 FN 1 -> 2/3; label 2: TP 1 -> 1
+  # micro: TP 3, predicted 4, gold 4 -> 6/8
+  assert metrics.micro_f1(probabilities, gold) == pytest.approx(0.75)
+  assert metrics.multilabel_macro_f1(probabilities, gold) == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+  assert metrics.subset_accuracy(probabilities, gold) == pytest.approx(1 / 3)
+  # masking out example 1 leaves TP 2, predicted 2, gold 3 -> 4/5
+  assert metrics.micro_f1(probabilities, gold, np.array([1, 0, 1])) == pytest.approx(0.8)
+  # a label never gold nor predicted scores 0 in the macro mean (sklearn's convention)
+  assert metrics.multilabel_macro_f1(probabilities[:, :1] * 0, gold[:, :1] * 0) == 0.0
+  # threshold 0.25 also predicts 0.3 and 0.4: label 1 of example 3 is right, 2 is wrong
+  # TP 4, predicted 6, gold 4 -> 8/10; the grid's best is found
+  assert metrics.micro_f1(probabilities, gold, threshold=0.25) == pytest.approx(0.8)
+  threshold, score = metrics.best_threshold(probabilities, gold)
+  assert score >= 0.8 and score == pytest.approx(metrics.micro_f1(probabilities, gold,
+                                                                  threshold=threshold))
+
+
+def test_task_metrics_multi_label_uses_spec_threshold():
+  spec = TaskSpec("tags", TaskKind.MULTI_LABEL, num_labels=3, threshold=0.25,
+                  metrics=("micro_f1", "best_threshold"))
+  probabilities = np.array([[0.9, 0.2, 0.7], [0.6, 0.8, 0.1], [0.1, 0.3, 0.4]])
+  gold = np.array([[1, 0, 1], [0, 1, 0], [0, 1, 0]], np.float32)
+  out = metrics.task_metrics(spec, probabilities, gold, np.ones(3), 1.5, 3.0)
+  assert out["micro_f1"] == pytest.approx(0.8) and 0.05 <= out["best_threshold"] <= 0.95

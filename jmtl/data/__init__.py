@@ -26,14 +26,16 @@ A ``same_input`` suite has one ``"source": {format, files, ...}`` and its tasks
 only name their ``label``; a ``multi_input`` suite puts the source keys in each
 task. Keys:
 
-* Task: ``name``; ``kind`` (classification, regression, tagging, mlm);
+* Task: ``name``; ``kind`` (a ``jmtl.tasks.TaskKind``: classification, regression,
+  tagging, span_qa, multi_label, mlm); ``threshold`` and ``label_separator`` (multi_label:
+  the sigmoid cut-off, and the separator of labels in a csv cell, default ``|``);
   ``label`` (column, key or field holding the label; default: the task name for
   conll/conllu, ``"label"`` otherwise); ``labels`` (explicit ordered label set;
   default: the labels of train, sorted); ``on_unseen_label`` (``"error"``, the
   default, or ``"unk"`` to map dev/test labels unseen in train to ``<unk>``);
   ``metrics``, ``main_metric``, ``higher_is_better`` (passed to ``TaskSpec``);
   ``max_head_distance`` (conllu ``head_distance``, default 8).
-* Source, every format: ``format`` (conll, conllu, csv, tsv, jsonl, folders,
+* Source, every format: ``format`` (conll, conllu, csv, tsv, jsonl, folders, squad,
   text, tfds); ``files``: ``{"train": path, "validation": path, "test": path}``
   (a path may be a list; train required), or one path (or list) divided by
   ``split_ratio`` (``{"train": 0.8, "validation": 0.1, "test": 0.1}``, also
@@ -46,7 +48,14 @@ task. Keys:
 * ``csv``/``tsv``: ``text``, ``text_pair`` (columns), ``header`` (default true;
   false means columns are 0-based indices), ``delimiter``.
 * ``jsonl``: ``text``/``text_pair`` keys, or ``tokens`` (a list of words, with
-  tagging labels as lists).
+  tagging labels as lists); multi_label labels are lists.
+* ``csv``/``tsv``/``jsonl`` relation classification: ``entity_spans`` (four columns or
+  keys: e1 start, e1 end, e2 start, e2 end, character offsets) and ``entity_markers``
+  (four strings, default ``[E1] [/E1] [E2] [/E2]``, special tokens of the tokenizer).
+* ``squad``: SQuAD v1.1/v2.0 JSON for ``span_qa``; ``squad_version`` (default: the
+  file's), ``doc_stride`` (context tokens between window starts; default half a
+  window), ``max_query_len``, ``max_answer_length`` (tokens, default 30),
+  ``null_threshold`` (v2.0 no-answer margin, default 0).
 * ``folders``: ``files`` points at a folder with one subfolder of files per
   class; ``glob`` (default ``*.txt``).
 * ``text``: one example per line, for ``mlm``.

@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from jmtl.data.errors import DataError
+from jmtl.tasks import TaskKind, valid_metrics
 
 SPLITS = ("train", "validation", "test")
-KINDS = ("classification", "regression", "tagging", "mlm")
-FORMATS = ("conll", "conllu", "csv", "tsv", "jsonl", "folders", "text", "tfds")
+# Kept for callers of the old name: the task kinds are ``jmtl.tasks.TaskKind``.
+KINDS = tuple(TaskKind)
+FORMATS = ("conll", "conllu", "csv", "tsv", "jsonl", "folders", "text", "tfds", "squad")
 LAYOUTS = ("same_input", "multi_input")
 
 # CoNLL-U columns a task may name, plus ``comment:KEY`` for a sentence label.
@@ -31,16 +33,18 @@ _SOURCE_KEYS = {"format", "files", "split_ratio", "split_seed", "encoding"}
 _FORMAT_KEYS = {
     "conll": {"columns", "separator"},
     "conllu": set(),
-    "csv": {"text", "text_pair", "header", "delimiter"},
-    "tsv": {"text", "text_pair", "header", "delimiter"},
-    "jsonl": {"text", "text_pair", "tokens"},
+    "csv": {"text", "text_pair", "header", "delimiter", "entity_spans", "entity_markers"},
+    "tsv": {"text", "text_pair", "header", "delimiter", "entity_spans", "entity_markers"},
+    "jsonl": {"text", "text_pair", "tokens", "entity_spans", "entity_markers"},
     "folders": {"glob"},
     "text": set(),
     "tfds": {"dataset", "tfds_data_dir", "splits", "text", "text_pair", "tokens"},
+    "squad": {"squad_version", "doc_stride", "max_query_len", "max_answer_length",
+              "null_threshold"},
 }
 _ALL_FORMAT_KEYS = set().union(*_FORMAT_KEYS.values())
 _TASK_KEYS = {"name", "kind", "label", "labels", "on_unseen_label", "max_head_distance",
-              "metrics", "main_metric", "higher_is_better"}
+              "metrics", "main_metric", "higher_is_better", "threshold", "label_separator"}
 _SUITE_KEYS = {"name", "layout", "tasks", "source", "root"}
 
 
@@ -50,25 +54,32 @@ class TaskConfig:
 
   Attributes:
     name: task name, unique in the suite; also its feature key in the dataset.
-    kind: one of ``KINDS``.
+    kind: a ``TaskKind``.
     label: where the label is in the source (a column, key or CoNLL-U field).
     labels: an explicit, ordered label set, or None to take it from train.
     on_unseen_label: "error" or "unk" for a dev/test label missing from train.
     max_head_distance: clip of the signed head offset (CoNLL-U ``head_distance``).
-    spec: extra ``TaskSpec`` fields (metrics, main_metric, higher_is_better).
+    spec: extra ``TaskSpec`` fields (metrics, main_metric, higher_is_better, threshold).
+    label_separator: multi_label in csv/tsv: the separator of labels in one cell.
   """
 
   name: str
-  kind: str
+  kind: TaskKind
   label: str | int
   labels: tuple[str, ...] | None = None
   on_unseen_label: str = "error"
   max_head_distance: int = 8
   spec: tuple[tuple[str, Any], ...] = ()
+  label_separator: str = "|"
 
   @property
   def token_level(self) -> bool:
-    return self.kind == "tagging"
+    return self.kind == TaskKind.TAGGING
+
+  @property
+  def label_lists(self) -> bool:
+    """Whether a label is a list of names (tags per word, or a multi-label set)."""
+    return self.kind in (TaskKind.TAGGING, TaskKind.MULTI_LABEL)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,13 +211,14 @@ def _parse_files(source: Mapping, root: Path, where: str):
 def _parse_task(task: Mapping, fmt: str, where: str) -> TaskConfig:
   name = _require(task, "name", where)
   kind = _require(task, "kind", where)
-  if kind not in KINDS:
-    raise DataError(f"{where}.kind: {kind!r} is not one of {', '.join(KINDS)}")
+  if kind not in tuple(TaskKind):
+    raise DataError(f"{where}.kind: {kind!r} is not one of {', '.join(TaskKind)}")
+  kind = TaskKind(kind)
   default_label = {"conll": name, "conllu": name, "folders": "folder"}.get(fmt, "label")
   label = task.get("label", default_label)
   if not isinstance(label, (str, int)) or label == "":
     raise DataError(f"{where}.label: expected a column or key name, got {label!r}")
-  if fmt == "conllu" and kind != "mlm":
+  if fmt == "conllu" and kind != TaskKind.MLM:
     ok = label in CONLLU_FIELDS or (isinstance(label, str) and label.startswith("comment:"))
     if not ok:
       raise DataError(f"{where}.label: CoNLL-U field {label!r} is not one of "
@@ -224,10 +236,25 @@ def _parse_task(task: Mapping, fmt: str, where: str) -> TaskConfig:
   if not isinstance(distance, int) or distance < 1:
     raise DataError(f"{where}.max_head_distance: expected a positive integer")
   spec = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(task.items())
-               if k in ("metrics", "main_metric", "higher_is_better"))
+               if k in ("metrics", "main_metric", "higher_is_better", "threshold"))
+  threshold = task.get("threshold", 0.5)
+  if kind != TaskKind.MULTI_LABEL and "threshold" in task:
+    raise DataError(f"{where}.threshold: only a multi_label task has a threshold")
+  if not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+    raise DataError(f"{where}.threshold: expected a number in (0, 1), got {threshold!r}")
+  separator = task.get("label_separator", "|")
+  if kind != TaskKind.MULTI_LABEL and "label_separator" in task:
+    raise DataError(f"{where}.label_separator: only a multi_label task has one")
+  if not isinstance(separator, str) or not separator:
+    raise DataError(f"{where}.label_separator: expected a non-empty string")
+  metrics = dict(spec).get("metrics", ())
+  metrics = [metrics] if isinstance(metrics, str) else metrics
+  if unknown := [m for m in metrics if m not in valid_metrics(kind)]:
+    raise DataError(f"{where}.metrics: unknown metric(s) {unknown} for a {kind} task; "
+                    f"valid metrics are {list(valid_metrics(kind))}")
   return TaskConfig(name=name, kind=kind, label=label,
                     labels=labels, on_unseen_label=unseen, max_head_distance=distance,
-                    spec=spec)
+                    spec=spec, label_separator=separator)
 
 
 def _parse_source(source: Mapping, tasks: Sequence[Mapping], name: str, root: Path,
@@ -252,11 +279,28 @@ def _parse_source(source: Mapping, tasks: Sequence[Mapping], name: str, root: Pa
       if not isinstance(index, int) or index < 0:
         raise DataError(f"{where}.columns.{key}: expected a column index >= 0, got {index!r}")
     for task, w in zip(parsed_tasks, task_where):
-      if task.kind != "mlm" and task.label not in columns:
+      if task.kind != TaskKind.MLM and task.label not in columns:
         raise DataError(f"{w}.label: column {task.label!r} is not in {where}.columns")
     options["columns"] = tuple(sorted(columns.items()))
   if fmt == "tfds":
     _require(source, "dataset", where)
+  for key in ("entity_spans", "entity_markers"):
+    value = options.get(key)
+    if value is not None and (not isinstance(value, (list, tuple)) or len(value) != 4
+                              or len(set(value)) != 4 or not all(value)):
+      raise DataError(f"{where}.{key}: expected four distinct names (e1 start, e1 end, "
+                      f"e2 start, e2 end), got {value!r}")
+    if value is not None:
+      if "tokens" in options:
+        raise DataError(f"{where}.{key}: entity markers go into text input, not 'tokens'")
+      options[key] = tuple(value)
+  for key in ("doc_stride", "max_query_len", "max_answer_length"):
+    if key in options and (not isinstance(options[key], int) or options[key] < 1):
+      raise DataError(f"{where}.{key}: expected a positive integer, got {options[key]!r}")
+  if options.get("squad_version") not in (None, "1.1", "2.0"):
+    raise DataError(f"{where}.squad_version: expected \"1.1\" or \"2.0\"")
+  if not isinstance(options.get("null_threshold", 0.0), (int, float)):
+    raise DataError(f"{where}.null_threshold: expected a number (the no-answer margin)")
   if fmt in ("csv", "tsv", "jsonl", "tfds") and "tokens" not in options:
     options.setdefault("text", "text")
   seed = source.get("split_seed", 0)
@@ -265,14 +309,22 @@ def _parse_source(source: Mapping, tasks: Sequence[Mapping], name: str, root: Pa
   config = SourceConfig(name=dataset_name(name), format=fmt, files=files, split_ratio=ratio,
                         split_seed=seed, options=tuple(sorted(options.items())),
                         tasks=parsed_tasks, where=where)
+  if fmt == "squad" and len(parsed_tasks) != 1:
+    raise DataError(f"{where}: a squad source holds one span_qa task, got {len(parsed_tasks)}")
   for task, w in zip(parsed_tasks, task_where):
-    if task.kind == "tagging" and not config.token_level:
+    if task.kind == TaskKind.TAGGING and not config.token_level:
       raise DataError(f"{w}.kind: a tagging task needs word-level input "
                       f"(conll, conllu, or jsonl/tfds with 'tokens'), not {fmt}")
-    if fmt == "folders" and task.kind != "classification":
+    if fmt == "folders" and task.kind != TaskKind.CLASSIFICATION:
       raise DataError(f"{w}.kind: a folders source only gives classification labels")
-    if fmt == "text" and task.kind != "mlm":
+    if fmt == "text" and task.kind != TaskKind.MLM:
       raise DataError(f"{w}.kind: a text source has no labels; only mlm reads it")
+    if task.kind == TaskKind.MULTI_LABEL and fmt not in ("csv", "tsv", "jsonl"):
+      raise DataError(f"{w}.kind: multi_label reads csv/tsv (label_separator) or jsonl "
+                      f"(a list), not {fmt}")
+    if (task.kind == TaskKind.SPAN_QA) != (fmt == "squad"):
+      raise DataError(f"{w}.kind: span_qa tasks read SQuAD JSON (format squad) and a squad "
+                      f"source has only span_qa tasks; got a {task.kind} task on {fmt}")
   return config
 
 
@@ -315,7 +367,7 @@ def parse_suite(config: Mapping) -> SuiteConfig:
     source = _require(config, "source", "suite", Mapping)
     _check_source_keys(source, set(), "source")
     for task, where in zip(tasks, task_where):
-      if task.get("kind") == "mlm":
+      if task.get("kind") == TaskKind.MLM:
         raise DataError(f"{where}.kind: mlm needs its own input; use layout multi_input")
     sources = (_parse_source(source, tasks, name, root, "source", task_where),)
   else:

@@ -24,6 +24,7 @@ from typing import Any
 from jmtl.data.config import SourceConfig
 from jmtl.data.errors import DataMismatchError
 from jmtl.data.sources.packages import sha256_file
+from jmtl.tasks import TaskKind
 
 TOKENIZER = "tokenizer"
 
@@ -45,6 +46,15 @@ def _files(paths: Iterable[Path]) -> list[tuple[str, str]]:
   return found
 
 
+def _task_identity(task) -> dict[str, Any]:
+  """A task config as fingerprinted: ``label_separator`` only where it means something
+  (multi_label), so suites and checkpoints made before it existed keep their digests."""
+  identity = dataclasses.asdict(task)
+  if task.kind != TaskKind.MULTI_LABEL:
+    identity.pop("label_separator", None)
+  return identity
+
+
 def source_files_digest(source: SourceConfig) -> str:
   """Hash of the contents of every input file of ``source``, split by split."""
   return _digest([(split, _files(paths)) for split, paths in source.files])
@@ -55,7 +65,7 @@ def build_settings_digest(source: SourceConfig, labels: Mapping[str, list[str]],
   """Hash of how ``source`` was built: everything but its file paths."""
   return _digest({"format": source.format, "options": source.options,
                   "split_ratio": source.split_ratio, "split_seed": source.split_seed,
-                  "tasks": [dataclasses.asdict(t) for t in source.tasks], "labels": labels,
+                  "tasks": [_task_identity(t) for t in source.tasks], "labels": labels,
                   "build": build_version})
 
 
@@ -79,7 +89,7 @@ def task_fingerprints(sources: Iterable[SourceConfig], entries: Iterable[Mapping
     for task in source.tasks:
       result[task.name] = _digest({
           "files": entry["files_sha256"], "settings": entry["settings_sha256"],
-          "task": dataclasses.asdict(task), "labels": entry["labels"].get(task.name)})
+          "task": _task_identity(task), "labels": entry["labels"].get(task.name)})
   return result
 
 

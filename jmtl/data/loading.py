@@ -13,7 +13,8 @@ from jmtl.data.errors import DataError
 from jmtl.data.feed import encode, tokenize
 from jmtl.data.feed.pipeline import Suite, _Source
 from jmtl.data.sources import extras, store, suites
-from jmtl.tasks import TaskSpec
+from jmtl.data.sources.builders import relations
+from jmtl.tasks import TaskKind, TaskSpec
 
 SUITES = tuple(suites.STAGES) + tuple(extras.STAGES)
 Log = Callable[[str], None]
@@ -73,10 +74,10 @@ def _spec(task: TaskConfig, entry: Mapping[str, Any], vocab_size: int) -> TaskSp
   extra = dict(task.spec)
   if "metrics" in extra:
     extra["metrics"] = tuple(extra["metrics"])
-  if task.kind == "mlm":
+  if task.kind == TaskKind.MLM:
     return TaskSpec(task.name, task.kind, num_labels=vocab_size, **extra)
-  if task.kind == "regression":
-    return TaskSpec(task.name, task.kind, num_labels=1, **extra)
+  if task.kind in (TaskKind.REGRESSION, TaskKind.SPAN_QA):
+    return TaskSpec(task.name, task.kind, **extra)
   names = tuple(entry["labels"][task.name])
   return TaskSpec(task.name, task.kind, num_labels=len(names), label_names=names, **extra)
 
@@ -109,6 +110,12 @@ def load_suite(name_or_config: str | Mapping[str, Any],
       log(f"{parsed.name}/{','.join(t.name for t in source.tasks)}: truncated to "
           f"max_len={max_len}: " + ", ".join(
               f"{split} {count}/{len(source.splits[split])}" for split, count in cut.items()))
+    cut_answers = {split: int(data.qa["cut_off"]) for split, data in source.splits.items()
+                   if "cut_off" in data.qa}
+    if any(cut_answers.values()):
+      log(f"{parsed.name}/{source.tasks[0].name}: answers cut in two by a window (those "
+          "windows are labelled no-answer; a smaller doc_stride or larger max_len avoids it): "
+          + ", ".join(f"{split} {count}" for split, count in cut_answers.items()))
   return suite
 
 
@@ -122,6 +129,10 @@ def _tokenized(parsed: SuiteConfig, manifest: Mapping[str, Any], data_dir: Path,
   else:
     tokenizer = encode.tokenizer_for(suite_dir, parsed, manifest, vocab_size=vocab_size,
                                     lowercase=lowercase, log=log)
+  # Entity markers of relation sources are special tokens, so WordPiece never splits them.
+  markers = sorted({m for source in parsed.sources for m in relations.markers_of(source)})
+  if markers:
+    tokenizer.add_special_tokens(markers)
   wordpiece = tokenize.WordPiece(tokenizer, max_len)
   key = encode.cache_key(tokenizer.to_str(), max_len)
   sources = []

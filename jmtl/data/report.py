@@ -82,9 +82,17 @@ def prepare_lines(suite, manifest: Mapping[str, Any], min_count: int) -> list[st
     labels = f"{spec.num_labels} labels" if spec.label_names else {
         TaskKind.MLM: "masked LM", TaskKind.REGRESSION: "regression"}.get(spec.kind, "")
     lines.append(f"{suite.name}/{spec.name} ({spec.kind}): {counted} examples; {labels}")
+    if spec.kind == TaskKind.SPAN_QA:  # rows are windows; the manifest counts questions
+      questions = entries[spec.name]["sizes"]
+      lines.append("  windows of " + ", ".join(f"{split} {questions[split]}" for split in SPLITS
+                                               if split in questions) + " questions")
     if any(cut.values()):
       lines.append(f"  truncated to max_len={suite.max_len}: " + ", ".join(
           f"{split} {cut[split]}/{sizes[split]}" for split in SPLITS if split in cut))
+    empty = entries[spec.name].get("empty_label_lists", {}).get(spec.name, {})
+    if any(empty.values()):
+      warnings.append(f"{spec.name}: examples with an empty label list (kept: no label "
+                      "applies): " + ", ".join(f"{s} {n}" for s, n in empty.items() if n))
     counts = entries[spec.name].get("label_counts", {}).get(spec.name)
     if not spec.label_names:
       continue
@@ -125,6 +133,13 @@ def inspect_lines(suite, split: str, count: int, tasks: Sequence[str] | None = N
           grid.append([spec.name] + [spec.label_names[v] if v >= 0 else "." for v in value])
         elif spec.kind == TaskKind.MLM:
           grid.append([spec.name] + [token(int(v)) if v >= 0 else "." for v in value])
+        elif spec.kind == TaskKind.MULTI_LABEL:
+          names = [spec.label_names[i] for i in np.flatnonzero(np.asarray(value) > 0)]
+          lines.append(f"  {spec.name} = {{{', '.join(names)}}}")
+        elif spec.kind == TaskKind.SPAN_QA:
+          start, end = (int(v) for v in value)
+          answer = " ".join(token(int(i)) for i in row.ids[start:end + 1]) if end else "-"
+          lines.append(f"  {spec.name} = tokens {start}..{end}: {answer}")
         else:
           label = (spec.label_names[int(value)] if spec.label_names
                    else f"{float(np.asarray(value)):g}")

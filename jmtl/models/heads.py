@@ -12,7 +12,7 @@ class Head(nn.Module):
   """Maps encoder features to one task's outputs.
 
   Sentence-level kinds read the pooled vector ``[B, P]``; token-level kinds read token
-  features ``[B, L, D]``. Outputs: classification ``[B, C]``, regression ``[B]``, tagging and
+  features ``[B, L, D]``. Outputs: classification and multi_label ``[B, C]``, regression ``[B]``, tagging and
   mlm ``[B, L, C]``, span_qa ``[B, L, 2]`` (start and end logits).
   """
 
@@ -23,7 +23,7 @@ class Head(nn.Module):
   def __call__(self, tokens, pooled):
     spec = self.spec
     match spec.kind:
-      case TaskKind.CLASSIFICATION | TaskKind.REGRESSION:
+      case TaskKind.CLASSIFICATION | TaskKind.REGRESSION | TaskKind.MULTI_LABEL:
         h = nn.relu(Dense(self.hidden, name="hidden")(pooled))
         out = Dense(spec.num_labels, name="out")(h)
         return out[..., 0] if spec.kind == TaskKind.REGRESSION else out

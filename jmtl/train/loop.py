@@ -23,9 +23,8 @@ from jmtl.config import ConfigError, balancer_hparams, to_json
 from jmtl.models import EncoderConfig, MultiTaskModel
 from jmtl.pretrained import training as pretrained_training
 from jmtl.train import checkpoint as ckpt_lib
-from jmtl.train import optim, transfer
+from jmtl.train import optim, preflight, qa_eval, runs, transfer
 from jmtl.train.balancer_setup import build_balancer
-from jmtl.train import preflight, runs
 from jmtl.train.baselines import train_single_task_baselines
 from jmtl.train.evaluate import evaluate, make_eval_fn, selection_score
 from jmtl.train.logging import MetricLogger
@@ -238,6 +237,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     host_state = step_fn.gather_state(state)
     results = evaluate(model, eval_fn, host_state.params,
                        suite.eval_batches(split, config.data.eval_batch_size))
+    results = qa_eval.with_answer_scores(results, model, host_state.params, suite, split,
+                                         config.data.eval_batch_size)
     score = selection_score(results, tasks, _split_baselines(baselines, split, tasks))
     logger.write({"step": step_number, "split": split, "score": score, "tasks": results})
     return host_state, results, {"best": best_value(score, results)}
@@ -372,6 +373,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
     checkpoints.close()
   results = evaluate(model, make_eval_fn(model), state.params,
                      suite.eval_batches(split, config.data.eval_batch_size))
+  results = qa_eval.with_answer_scores(results, model, state.params, suite, split,
+                                       config.data.eval_batch_size)
   delta = _delta(results, tasks, load_baselines(config, tasks), split)
   main = {tk.name: tk.main_metric for tk in tasks}
   print(f"{split} at step {step}:\n" + metrics_lib.summarize_results(results, main, delta),

@@ -43,8 +43,8 @@ def test_a_typo_names_its_key_path_and_the_nearest_key():
 def test_keys_in_the_wrong_place_say_where_they_belong():
   spec = two_tasks()
   spec["tasks"][1]["columns"] = {"token": 0}
-  assert error(spec) == ("tasks[1].columns: not an option of format 'jsonl' (it reads text, "
-                         "text_pair, tokens)")
+  assert error(spec) == ("tasks[1].columns: not an option of format 'jsonl' (it reads "
+                         "entity_markers, entity_spans, text, text_pair, tokens)")
   spec = two_tasks()
   spec["format"] = "conll"
   assert error(spec) == "suite.format: belongs to a task (or to 'source')"
@@ -141,3 +141,18 @@ def test_a_latin1_file_in_a_folders_source(tmp_path, data_dir, log):
   with pytest.raises(data.DataError, match=r"sport/1.txt:2: byte 0xa3 cannot be decoded as "
                      r"utf-8 .*set tasks\[0\].encoding"):
     data.load_suite(config, data_dir, vocab_file=vocab_file(tmp_path), log=log)
+
+
+def test_task_kind_and_metrics_checked_against_task_kind_table():
+  from jmtl.data.config import parse_suite
+  from jmtl.data.errors import DataError
+  from jmtl.tasks import TaskKind
+  base = {"name": "s", "tasks": [{"name": "a", "kind": "classification", "format": "csv",
+                                  "files": {"train": "x.csv"}}]}
+  assert parse_suite(base).tasks[0].kind is TaskKind.CLASSIFICATION
+  bad = {**base, "tasks": [{**base["tasks"][0], "kind": "clasification"}]}
+  with pytest.raises(DataError, match=r"tasks\[0\]\.kind.*span_qa"):
+    parse_suite(bad)
+  bad = {**base, "tasks": [{**base["tasks"][0], "metrics": ["accuracy", "pearson"]}]}
+  with pytest.raises(DataError, match=r"tasks\[0\]\.metrics.*'pearson'.*macro_f1"):
+    parse_suite(bad)

@@ -70,9 +70,13 @@ def collate(rows: Sequence[Row], *, batch_size: int, length: int,
            "token_type_ids": np.zeros((batch_size, length), np.int32)}
   for task in tasks:
     shape = (batch_size, length) if task.token_level else (batch_size,)
-    dtype = np.float32 if task.kind == TaskKind.REGRESSION else np.int32
-    batch[task.label_key] = np.zeros(shape, dtype)
-    batch[task.mask_key] = np.zeros(shape, np.float32)
+    dtype = np.float32 if task.kind in (TaskKind.REGRESSION, TaskKind.MULTI_LABEL) else np.int32
+    # span_qa reads token features but labels each row (window) with (start, end).
+    label_shape = {TaskKind.SPAN_QA: (batch_size, 2),
+                   TaskKind.MULTI_LABEL: (batch_size, task.num_labels)}.get(task.kind, shape)
+    batch[task.label_key] = np.zeros(label_shape, dtype)
+    batch[task.mask_key] = np.zeros(shape[:1] if task.kind == TaskKind.SPAN_QA else shape,
+                                    np.float32)
   for r, row in enumerate(rows):
     n = len(row.ids)
     batch["input_ids"][r, :n] = row.ids
@@ -82,7 +86,7 @@ def collate(rows: Sequence[Row], *, batch_size: int, length: int,
       value = row.labels.get(task.name)
       if value is None:
         continue
-      if task.token_level:
+      if task.token_level and task.kind != TaskKind.SPAN_QA:
         labelled = value >= 0
         batch[task.label_key][r, :n] = np.where(labelled, value, 0)
         batch[task.mask_key][r, :n] = labelled

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Callable, Mapping
@@ -18,9 +19,11 @@ from typing import Any
 import numpy as np
 
 from jmtl.data.config import SourceConfig, SuiteConfig
-from jmtl.data.feed import tokenize
+from jmtl.data.errors import DataError
+from jmtl.data.feed import tokenize, windows
 from jmtl.data.sources.builders import named
 from jmtl.data.sources.builders.common import quiet_tfds
+from jmtl.tasks import TaskKind
 
 
 @dataclasses.dataclass
@@ -34,6 +37,10 @@ class EncodedSplit:
     token_labels: tagging task -> int32 per-token labels (-1 = none), same layout.
     labels: sentence task -> [n] int32 (classes) or float32 (regression).
     truncated: bool [n], whether example i was cut to fit max_len.
+    qa: for a span_qa source, whose rows are windows of questions (``windows``):
+      ``question`` [n] (question of each row), ``char_starts``/``char_ends`` (same layout
+      as ``ids``), per question ``ids``, ``contexts`` and ``golds`` (JSON lists of
+      answer texts), and ``cut_off`` (answers the windows cut in two).
   """
 
   offsets: np.ndarray
@@ -42,6 +49,7 @@ class EncodedSplit:
   token_labels: dict[str, np.ndarray]
   labels: dict[str, np.ndarray]
   truncated: np.ndarray
+  qa: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
   def __len__(self) -> int:
     return len(self.offsets) - 1
@@ -55,6 +63,7 @@ class EncodedSplit:
               "truncated": self.truncated}
     arrays.update({f"token_labels/{k}": v for k, v in self.token_labels.items()})
     arrays.update({f"labels/{k}": v for k, v in self.labels.items()})
+    arrays.update({f"qa/{k}": v for k, v in self.qa.items()})
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp.npz", delete=False) as handle:
       np.savez(handle, **arrays)
@@ -69,7 +78,8 @@ class EncodedSplit:
                token_labels={k.split("/", 1)[1]: v for k, v in arrays.items()
                              if k.startswith("token_labels/")},
                labels={k.split("/", 1)[1]: v for k, v in arrays.items()
-                       if k.startswith("labels/")})
+                       if k.startswith("labels/")},
+               qa={k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("qa/")})
 
 
 def _text(value: Any) -> str:
@@ -107,7 +117,7 @@ def read_split(suite_dir: Path, source: SourceConfig, entry: dict[str, Any], spl
       if keys["text_pair"] and keys["text_pair"] in record:
         item["text_pair"] = _text(record[keys["text_pair"]])
     for task in source.tasks:
-      if task.kind != "mlm":
+      if task.kind != TaskKind.MLM:
         item[task.name] = record[label_keys[task.name]]
     result.append(item)
   return result
@@ -146,8 +156,11 @@ def tokenizer_for(suite_dir: Path, suite: SuiteConfig, manifest: Mapping[str, An
 
 
 def encode_records(records: list[dict[str, Any]], source: SourceConfig,
-                   wordpiece: tokenize.WordPiece) -> EncodedSplit:
+                   wordpiece: tokenize.WordPiece,
+                   num_labels: Mapping[str, int] | None = None) -> EncodedSplit:
   """Tokenizes records and aligns word-level tags to their first sub-word."""
+  if any(task.kind == TaskKind.SPAN_QA for task in source.tasks):
+    return encode_questions(records, source, wordpiece)
   if source.token_level:
     encoded = wordpiece.encode_words([r["tokens"] for r in records])
   else:
@@ -159,17 +172,50 @@ def encode_records(records: list[dict[str, Any]], source: SourceConfig,
   concat = lambda parts: (np.concatenate(parts) if parts else np.zeros(0, np.int32))
   token_labels, labels = {}, {}
   for task in source.tasks:
-    if task.kind == "tagging":
+    if task.kind == TaskKind.TAGGING:
       token_labels[task.name] = concat([tokenize.align_tags(e.word_ids, r[task.name])
                                         for e, r in zip(encoded, records)])
-    elif task.kind == "classification":
+    elif task.kind == TaskKind.CLASSIFICATION:
       labels[task.name] = np.array([int(r[task.name]) for r in records], np.int32)
-    elif task.kind == "regression":
+    elif task.kind == TaskKind.REGRESSION:
       labels[task.name] = np.array([float(r[task.name]) for r in records], np.float32)
+    elif task.kind == TaskKind.MULTI_LABEL:  # class ids -> multi-hot [n, C]
+      multi_hot = np.zeros((len(records), num_labels[task.name]), np.float32)
+      for row, record in enumerate(records):
+        multi_hot[row, np.asarray(record[task.name], np.int64)] = 1.0
+      labels[task.name] = multi_hot
   return EncodedSplit(offsets=offsets, ids=concat([e.ids for e in encoded]),
                       type_ids=concat([e.type_ids for e in encoded]),
                       token_labels=token_labels, labels=labels,
                       truncated=np.array([e.truncated for e in encoded], bool))
+
+
+def encode_questions(records: list[dict[str, Any]], source: SourceConfig,
+                     wordpiece: tokenize.WordPiece) -> EncodedSplit:
+  """Questions with their contexts as window rows labelled with (start, end) tokens."""
+  (task,) = source.tasks  # a squad source has exactly one span_qa task (config checks)
+  values = [r[task.name] for r in records]
+  answers = [(int(v["starts"][0]), int(v["starts"][0]) + len(_text(v["texts"][0])))
+             if len(v["texts"]) else None for v in values]
+  max_query_len = source.option("max_query_len") or max(1, min(64, wordpiece.max_len // 4))
+  try:
+    rows = windows.make_windows(wordpiece, [r["text"] for r in records],
+                                [r["text_pair"] for r in records], answers,
+                                doc_stride=source.option("doc_stride"),
+                                max_query_len=max_query_len)
+  except DataError as error:  # name the config key's place: "tasks[0].doc_stride: ..."
+    raise DataError(f"{source.where}.{error}") from None
+  lengths = np.array([len(ids) for ids in rows.ids], np.int64)
+  golds = [json.dumps([_text(t) for t in v["texts"]]) for v in values]
+  qa = {"question": rows.question, "char_starts": np.concatenate(rows.char_starts),
+        "char_ends": np.concatenate(rows.char_ends),
+        "ids": np.array([_text(v["id"]) for v in values]),
+        "contexts": np.array([r["text_pair"] for r in records]), "golds": np.array(golds),
+        "cut_off": np.array(rows.cut_off, np.int64)}
+  return EncodedSplit(offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+                      ids=np.concatenate(rows.ids), type_ids=np.concatenate(rows.type_ids),
+                      token_labels={}, labels={task.name: rows.spans},
+                      truncated=np.zeros(len(lengths), bool), qa=qa)
 
 
 def cache_key(tokenizer_json: str, max_len: int) -> str:
@@ -183,6 +229,7 @@ def load_or_encode(suite_dir: Path, source: SourceConfig, entry: dict[str, Any],
   path = suite_dir / "encoded" / key / f"{source.name}.{split}.npz"
   if path.exists():
     return EncodedSplit.load(path)
-  encoded = encode_records(read(suite_dir, source, entry, split), source, wordpiece)
+  encoded = encode_records(read(suite_dir, source, entry, split), source, wordpiece,
+                           {name: len(names) for name, names in entry["labels"].items()})
   encoded.save(path)
   return encoded

@@ -31,6 +31,7 @@ from jmtl.data.config import SuiteConfig, build_trigger, parse_suite
 from jmtl.data.errors import DataError
 from jmtl.data.sources.builders import named
 from jmtl.data.sources.builders.common import build_source
+from jmtl.tasks import TaskKind
 
 MANIFEST = "suite.json"
 # Bump when what a build writes changes: stored builds of an older version are rebuilt.
@@ -73,10 +74,10 @@ def summary(suite: SuiteConfig, manifest: Mapping[str, Any], vocab_size: int
   for source, entry in zip(suite.sources, manifest["sources"]):
     for task in source.tasks:
       counts = {split: entry["sizes"].get(split, 0) for split in ("train", "validation", "test")}
-      if task.kind == "mlm":
+      if task.kind == TaskKind.MLM:
         counts["labels"] = vocab_size
-      elif task.kind == "regression":
-        counts["labels"] = 1
+      elif task.kind in (TaskKind.REGRESSION, TaskKind.SPAN_QA):
+        counts["labels"] = 1 if task.kind == TaskKind.REGRESSION else 2
       else:
         counts["labels"] = len(entry["labels"][task.name])
       result[task.name] = counts

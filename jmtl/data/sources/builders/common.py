@@ -21,14 +21,17 @@ import numpy as np
 from jmtl.data import report
 from jmtl.data.config import SPLITS, SourceConfig, TaskConfig
 from jmtl.data.errors import DataError, at
-from jmtl.data.sources.builders import conll, conllu, folders, tabular
+from jmtl.data.sources.builders import conll, conllu, folders, squad, tabular
 from jmtl.data.sources.builders.reading import Example
+from jmtl.tasks import TaskKind
 
 UNK_LABEL = "<unk>"
 VERSION = "1.0.0"
+# Kinds whose labels are names, turned into class ids through a label set.
+_NAMED_LABELS = (TaskKind.CLASSIFICATION, TaskKind.TAGGING, TaskKind.MULTI_LABEL)
 READERS = {"conll": conll.read, "conllu": conllu.read, "csv": tabular.read_csv,
            "tsv": tabular.read_csv, "jsonl": tabular.read_jsonl, "text": tabular.read_text,
-           "folders": folders.read}
+           "folders": folders.read, "squad": squad.read}
 
 
 def read_source(source: SourceConfig) -> dict[str, list[Example]]:
@@ -77,7 +80,7 @@ def label_sets(source: SourceConfig, by_split: dict[str, list[Example]]) -> dict
   """
   result = {}
   for task in source.tasks:
-    if task.kind not in ("classification", "tagging"):
+    if task.kind not in _NAMED_LABELS:
       continue
     if task.labels is not None:
       names = list(task.labels)
@@ -85,7 +88,7 @@ def label_sets(source: SourceConfig, by_split: dict[str, list[Example]]) -> dict
       seen = set()
       for example in by_split["train"]:
         value = example.values[task.name]
-        seen.update(value if task.kind == "tagging" else [value])
+        seen.update(value if task.label_lists else [value])
       names = sorted(seen)
     if task.on_unseen_label == "unk" and UNK_LABEL not in names:
       names.append(UNK_LABEL)
@@ -93,7 +96,7 @@ def label_sets(source: SourceConfig, by_split: dict[str, list[Example]]) -> dict
     for split, examples in by_split.items():
       for example in examples:
         _check_labels(task, example, known, split)
-    if len(names) < 2:
+    if len(names) < 2 and task.kind != TaskKind.MULTI_LABEL:
       raise DataError(f"{source.where}: task {task.name!r} has a single label {names} in "
                       "train; a classifier needs at least two")
     result[task.name] = names
@@ -102,13 +105,13 @@ def label_sets(source: SourceConfig, by_split: dict[str, list[Example]]) -> dict
 
 def _check_labels(task: TaskConfig, example: Example, known: set[str], split: str) -> None:
   value = example.values[task.name]
-  values = value if task.kind == "tagging" else [value]
+  values = value if task.label_lists else [value]
   unseen = [v for v in values if v not in known]
   if not unseen:
     return
   if task.on_unseen_label == "unk":
     mapped = [v if v in known else UNK_LABEL for v in values]
-    example.values[task.name] = mapped if task.kind == "tagging" else mapped[0]
+    example.values[task.name] = mapped if task.label_lists else mapped[0]
     return
   origin = "the config's labels" if task.labels is not None else "train"
   raise at(example.file, example.line,
@@ -143,11 +146,15 @@ def features_of(source: SourceConfig, labels: dict[str, list[str]], has_pair: bo
     if has_pair:
       feats["text_pair"] = tfds.features.Text()
   for task in source.tasks:
-    if task.kind == "tagging":
+    if task.label_lists:
       feats[task.name] = tfds.features.Sequence(tfds.features.ClassLabel(names=labels[task.name]))
-    elif task.kind == "classification":
+    elif task.kind == TaskKind.CLASSIFICATION:
       feats[task.name] = tfds.features.ClassLabel(names=labels[task.name])
-    elif task.kind == "regression":
+    elif task.kind == TaskKind.SPAN_QA:
+      feats[task.name] = tfds.features.FeaturesDict({
+          "id": tfds.features.Text(), "texts": tfds.features.Sequence(tfds.features.Text()),
+          "starts": tfds.features.Sequence(np.int32)})
+    elif task.kind == TaskKind.REGRESSION:
       feats[task.name] = tfds.features.Scalar(np.float32)
   return tfds.features.FeaturesDict(feats)
 
@@ -191,7 +198,7 @@ def _record(source: SourceConfig, example: Example, has_pair: bool) -> dict[str,
     if has_pair:
       record["text_pair"] = example.text_pair or ""
   for task in source.tasks:
-    if task.kind != "mlm":
+    if task.kind != TaskKind.MLM:
       record[task.name] = example.values[task.name]
   return record
 
@@ -213,8 +220,8 @@ def build_source(source: SourceConfig, data_dir: Path,
     if not examples:
       raise DataError(f"{source.where}: split {split!r} is empty")
   # Counted before label_sets maps unseen labels to <unk>: the report names them.
-  label_counts = {t.name: report.count_labels(t.name, t.token_level, by_split)
-                  for t in source.tasks if t.kind in ("classification", "tagging")}
+  label_counts = {t.name: report.count_labels(t.name, t.label_lists, by_split)
+                  for t in source.tasks if t.kind in _NAMED_LABELS}
   labels = label_sets(source, by_split)
   has_pair = any(e.text_pair is not None for ex in by_split.values() for e in ex)
   with quiet_tfds() as tfds:
@@ -229,4 +236,7 @@ def build_source(source: SourceConfig, data_dir: Path,
   return {"dataset": source.name, "version": VERSION, "format": source.format,
           "token_level": source.token_level,
           "labels": labels, "label_counts": label_counts,
+          "empty_label_lists": {t.name: {split: sum(not e.values[t.name] for e in examples)
+                                         for split, examples in by_split.items()}
+                                for t in source.tasks if t.kind == TaskKind.MULTI_LABEL},
           "sizes": {split: len(e) for split, e in by_split.items()}}

@@ -14,13 +14,14 @@ from pathlib import Path
 from jmtl.data.config import SourceConfig
 from jmtl.data.errors import at
 from jmtl.data.sources.builders.reading import Example, text_lines
+from jmtl.tasks import TaskKind
 
 
 def read(path: Path, source: SourceConfig) -> list[Example]:
   columns = dict(source.option("columns"))
   separator = source.option("separator")
   needed = max(columns.values()) + 1
-  fields = {t.name: columns[t.label] for t in source.tasks if t.kind != "mlm"}
+  fields = {t.name: columns[t.label] for t in source.tasks if t.kind != TaskKind.MLM}
   examples: list[Example] = []
   expected: int | None = None
   current: Example | None = None

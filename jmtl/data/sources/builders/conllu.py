@@ -15,6 +15,7 @@ from pathlib import Path
 from jmtl.data.config import SourceConfig, TaskConfig
 from jmtl.data.errors import at
 from jmtl.data.sources.builders.reading import Example, text_lines
+from jmtl.tasks import TaskKind
 
 _COLUMN = {"lemma": 2, "upos": 3, "xpos": 4, "feats": 5, "deprel": 7}
 
@@ -39,7 +40,7 @@ def _finish(path: Path, example: Example, comments: dict[str, str],
 
 
 def read(path: Path, source: SourceConfig) -> list[Example]:
-  word_tasks = [t for t in source.tasks if t.kind == "tagging"]
+  word_tasks = [t for t in source.tasks if t.kind == TaskKind.TAGGING]
   sentence_tasks = [t for t in source.tasks if str(t.label).startswith("comment:")]
   examples: list[Example] = []
   current: Example | None = None

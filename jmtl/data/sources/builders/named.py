@@ -17,6 +17,7 @@ from typing import Any
 from jmtl.data.config import SPLITS, SourceConfig
 from jmtl.data.errors import DataError
 from jmtl.data.sources.builders.common import quiet_tfds
+from jmtl.tasks import TaskKind
 
 
 def _builder(source: SourceConfig):
@@ -55,14 +56,14 @@ def describe(source: SourceConfig) -> dict[str, Any]:
   features = builder.info.features
   labels = {}
   for task in source.tasks:
-    if task.kind == "mlm":
+    if task.kind == TaskKind.MLM:
       continue
     if task.label not in features:
       raise DataError(f"{source.where}.label: feature {task.label!r} not in "
                       f"{sorted(features.keys())}")
     feature = features[task.label]
     feature = getattr(feature, "feature", feature)  # Sequence(ClassLabel) -> ClassLabel
-    if task.kind in ("classification", "tagging"):
+    if task.kind in (TaskKind.CLASSIFICATION, TaskKind.TAGGING):
       names = getattr(feature, "names", None)
       if not names:
         raise DataError(f"{source.where}.label: feature {task.label!r} is not a ClassLabel")
