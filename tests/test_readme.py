@@ -26,3 +26,26 @@ def test_library_example_runs_and_trains(capsys):
   direction = np.asarray(namespace["direction"]["w"], np.float64)
   assert (grads @ direction >= -1e-6).all()
   assert "topic" in capsys.readouterr().out
+
+
+def user_model_block() -> str:
+  text = open(README).read()
+  section = text[text.index("**Your own Flax model**"):]
+  return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_user_model_example_trains_through_make_train_step():
+  namespace = {}
+  exec(compile(user_model_block(), "README.md (Your own Flax model)", "exec"), namespace)
+  state, metrics = namespace["state"], namespace["metrics"]
+  assert int(state.step) == 20
+  losses = np.asarray(metrics["losses"])
+  assert losses.shape == (2,) and np.isfinite(losses).all()
+  weights = np.asarray(metrics["weights"])
+  assert np.all(weights >= -1e-6) and abs(weights.sum() - 1) < 1e-5  # MGDA: on the simplex
+  # Both tasks learned: the losses of the first step are higher than those of the last.
+  jmtl = namespace["jmtl"]
+  fresh = jmtl.create_train_state(namespace["model"], namespace["balancer"],
+                                  namespace["optimizer"], namespace["batch"], seed=0)
+  _, first = namespace["step"](fresh, namespace["batch"])
+  assert np.all(losses < np.asarray(first["losses"]))
