@@ -10,8 +10,8 @@ S reaches exactly 0 and 1, so once every |z_j| >= gamma/2 a selector is one-hot:
 a softmax(alpha)-mixture of the k selectors, uses at most k experts (gamma plays the role of
 the temperature: as it goes to 0 every selector is one-hot). Per-example gating as in the
 paper's MTL experiments, here per token (z and alpha read the token's embedding). With E not
-a power of two the selector is renormalised over the E real codes. The paper's entropy
-regulariser is not implemented. Shared / private as MMoE.
+a power of two, code c selects expert c mod E. The paper's entropy regulariser is not
+implemented. Shared / private as MMoE.
 """
 
 from __future__ import annotations
@@ -34,17 +34,23 @@ def smooth_step(t, gamma: float):
 
 
 def binary_codes(num_experts: int) -> np.ndarray:
-  """``[E, m]`` 0/1: expert e's binary code, least significant bit first."""
+  """``[2^m, m]`` 0/1: code c's bits, least significant first (m = ceil(log2 E), at least 1)."""
   bits = max(1, math.ceil(math.log2(num_experts)))
-  return (np.arange(num_experts)[:, None] >> np.arange(bits)[None]) & 1
+  return (np.arange(2 ** bits)[:, None] >> np.arange(bits)[None]) & 1
 
 
 def selector_weights(z, gamma: float, num_experts: int):
-  """``z [..., k, m]`` selector logits -> ``[..., k, E]`` expert probabilities per selector."""
-  codes = jnp.asarray(binary_codes(num_experts), z.dtype)  # [E, m]
+  """``z [..., k, m]`` selector logits -> ``[..., k, E]`` expert probabilities per selector.
+
+  The 2^m code probabilities sum to one by construction; with E not a power of two, code c
+  selects expert ``c mod E`` (so a saturated selector is still one-hot over the experts).
+  """
+  codes = binary_codes(num_experts)
+  fold = jnp.asarray(np.eye(num_experts)[np.arange(len(codes)) % num_experts], z.dtype)
   on = smooth_step(z, gamma)[..., None, :]  # [..., k, 1, m]
-  probs = jnp.prod(codes * on + (1 - codes) * (1 - on), axis=-1)  # [..., k, E]
-  return probs / jnp.maximum(jnp.sum(probs, axis=-1, keepdims=True), 1e-12)
+  codes = jnp.asarray(codes, z.dtype)
+  probs = jnp.prod(codes * on + (1 - codes) * (1 - on), axis=-1)  # [..., k, 2^m]
+  return probs @ fold
 
 
 class _SelectTower(nn.Module):
