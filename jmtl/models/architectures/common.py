@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jmtl.models.encoder import EncoderBlock, EncoderConfig
+from jmtl.models.encoder import EncoderBlock, EncoderConfig, embed_tokens, masked_mean
 from jmtl.models.heads import Head
 from jmtl.models.matmul import Dense
 from jmtl.models.protocol import check_layout
@@ -28,25 +28,15 @@ PyTree = Any
 
 
 class Embedder(nn.Module):
-  """Token + position + type embeddings (as ``Encoder``), and the attention bias."""
+  """Token + position + type embeddings, as ``Encoder``'s (same parameter names)."""
 
   config: EncoderConfig
 
   @nn.compact
   def __call__(self, input_ids, attention_mask, token_type_ids=None, *, deterministic=True,
                token_rows=None):
-    cfg = self.config
-    length = input_ids.shape[-1]
-    if length > cfg.max_length:
-      raise ValueError(f"sequence length {length} exceeds the encoder's max_length {cfg.max_length}")
-    embed = nn.Embed(cfg.vocab_size, cfg.width, name="token_embedding")
-    x = embed(input_ids) if token_rows is None else token_rows
-    x = x + self.param("position_embedding", nn.initializers.normal(0.02),
-                       (cfg.max_length, cfg.width))[:length]
-    if token_type_ids is None:
-      token_type_ids = jnp.zeros_like(input_ids)
-    x = x + nn.Embed(cfg.type_vocab_size, cfg.width, name="type_embedding")(token_type_ids)
-    return nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+    return embed_tokens(self, self.config, input_ids, token_type_ids,
+                        deterministic=deterministic, token_rows=token_rows)
 
 
 def attention_bias(attention_mask):
@@ -78,11 +68,6 @@ def broadcast_stacked(module_cls, count: int):
   """As ``stacked`` for one input shared by every member (experts reading the embeddings)."""
   return nn.vmap(module_cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                  in_axes=(None, None, None), out_axes=0, axis_size=count)
-
-
-def masked_mean(tokens, attention_mask):
-  weights = attention_mask.astype(tokens.dtype)[..., None]
-  return jnp.sum(tokens * weights, axis=-2) / jnp.maximum(jnp.sum(weights, axis=-2), 1.0)
 
 
 class Tower(nn.Module):

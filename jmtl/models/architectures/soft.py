@@ -54,7 +54,7 @@ class SoftSharing(Architecture):
 
   strength: float = 1e-2
 
-  last_shared_layer = "embedder/type_embedding"
+  last_shared_layer = "embedder/position_embedding"
 
   def _shared_module(self):
     return _SharedEmbeddings(self.encoder)
