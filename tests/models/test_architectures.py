@@ -114,15 +114,15 @@ def test_equal_weight_step_is_the_weighted_loss_gradient(name, batch):
                              atol=2e-6)
 
 
-@pytest.mark.parametrize("grad_mode", ["exact", "rep"])
-@pytest.mark.parametrize("name", architectures.NAMES)
+# rep-grad for the representations of every shape: one leaf (soft), per-task leaves
+# (cross_stitch), per-task plus shared leaves (ple), experts plus embeddings (dselect_k)
+@pytest.mark.parametrize("name,grad_mode", [(n, "exact") for n in architectures.NAMES] + [
+    (n, "rep") for n in ("soft", "cross_stitch", "ple", "dselect_k")])
 def test_gram_step_combines_independent_task_gradients(name, grad_mode, batch):
   """UPGrad: the shared params move by sum_i w_i g_i (w as applied), each task's private
   params by its own gradient; in exact mode the logged cosines are those of the g_i."""
   model = build(name)
-  state = _state(model, "upgrad", batch) if grad_mode == "exact" else None
-  if state is None:  # rep-grad keeps no param-shaped state for UPGrad; same init
-    state = _state(model, "upgrad", batch)
+  state = _state(model, "upgrad", batch)
   new_state, metrics = _step(model, "upgrad", grad_mode)(state, batch)
   weights = np.asarray(metrics["weights"], np.float64)
   grads = task_loss_grads(model, state.params, batch)
