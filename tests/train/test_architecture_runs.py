@@ -73,7 +73,7 @@ SCRIPT = parallel_script.replace(MODEL_LINE, textwrap.dedent("""\
 @pytest.mark.parametrize("name,method,grad_mode", [
     ("mmoe", "pcgrad", "exact"),
     ("soft", "mgda", "rep"),
-    ("cross_stitch", "equal_weight", "exact"),
+    ("cross_stitch", "dwa", "exact"),
 ])
 def test_pmap_and_sharded_match_single_device(name, method, grad_mode):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
