@@ -135,7 +135,7 @@ class Architecture:
 
   # -- protocol ---------------------------------------------------------------------------
   def init(self, rng: jax.Array, batch: Mapping[str, jax.Array]):
-    if "input_ids" not in batch:
+    if self.layout == "multi_input":  # any task's batch has the input shapes
       batch = next(iter(batch.values()))
     shared_rng, *task_rngs = jax.random.split(rng, len(self.tasks) + 1)
     module = self._shared_module()
