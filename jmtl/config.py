@@ -251,7 +251,11 @@ def base_config() -> ml_collections.ConfigDict:
       pretrained="",  # bert: a named model (minilm) or a HF BERT folder; sets the tokenizer
       pooling="mean",  # bert's sentence vector: mean | cls | pooler
       width=128, depth=2, num_heads=4, mlp_width=512, pooled_width=128, head_hidden=64,
-      dropout=0.1, attention_dropout=0.1))
+      dropout=0.1, attention_dropout=0.1,
+      # sharing architecture (jmtl.models.architectures): hard | soft | cross_stitch | mmoe |
+      # cgc | ple | dselect_k | mtan, and its hyperparameters (0 width/depth = the encoder's)
+      architecture="hard", expert_width=0, expert_depth=0, soft_strength=1e-2, num_experts=4,
+      dselect_k=2, dselect_gamma=1.0, ple_layers=2, shared_experts=2, task_experts=1))
   c.balancer = ml_collections.ConfigDict(dict(name="equal_weight"))
   c.optimizer = ml_collections.ConfigDict(dict(
       name="adamw", learning_rate=1e-3, b1=0.9, b2=0.999, weight_decay=0.01, momentum=0.0,

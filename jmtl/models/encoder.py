@@ -63,6 +63,34 @@ class EncoderBlock(nn.Module):
     return x + nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
 
 
+def embed_tokens(module: nn.Module, cfg: EncoderConfig, input_ids, token_type_ids=None, *,
+                 deterministic: bool = True, token_rows=None):
+  """Token + position + type embeddings and dropout, created as params of ``module`` (call
+  from its compact ``__call__``): the encoder's and the sharing architectures' embedder.
+
+  Type embeddings are always created, so one parameter tree serves single sentences and
+  sentence pairs.
+  """
+  length = input_ids.shape[-1]
+  if length > cfg.max_length:
+    raise ValueError(f"sequence length {length} exceeds the encoder's max_length {cfg.max_length}")
+  embed = nn.Embed(cfg.vocab_size, cfg.width, name="token_embedding")
+  x = embed(input_ids) if token_rows is None else token_rows
+  positions = module.param("position_embedding", nn.initializers.normal(0.02),
+                           (cfg.max_length, cfg.width))
+  x = x + positions[:length]
+  if token_type_ids is None:
+    token_type_ids = jnp.zeros_like(input_ids)
+  x = x + nn.Embed(cfg.type_vocab_size, cfg.width, name="type_embedding")(token_type_ids)
+  return nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+
+
+def masked_mean(tokens, attention_mask):
+  """Mean over the non-padding tokens ``[B, L, D] -> [B, D]``."""
+  weights = attention_mask.astype(tokens.dtype)[..., None]
+  return jnp.sum(tokens * weights, axis=-2) / jnp.maximum(jnp.sum(weights, axis=-2), 1.0)
+
+
 class Encoder(nn.Module):
   """Token ids -> (token features ``[B, L, D]``, pooled sentence vector ``[B, P]``).
 
@@ -81,19 +109,8 @@ class Encoder(nn.Module):
     ``[B, L, D]`` rows rather than the ``[V, D]`` table (see ``jmtl.gradients``).
     """
     cfg = self.config
-    length = input_ids.shape[-1]
-    if length > cfg.max_length:
-      raise ValueError(f"sequence length {length} exceeds the encoder's max_length {cfg.max_length}")
-    embed = nn.Embed(cfg.vocab_size, cfg.width, name="token_embedding")
-    x = embed(input_ids) if token_rows is None else token_rows
-    positions = self.param("position_embedding", nn.initializers.normal(0.02),
-                           (cfg.max_length, cfg.width))
-    x = x + positions[:length]
-    # Always created, so one parameter tree serves single sentences and sentence pairs.
-    if token_type_ids is None:
-      token_type_ids = jnp.zeros_like(input_ids)
-    x = x + nn.Embed(cfg.type_vocab_size, cfg.width, name="type_embedding")(token_type_ids)
-    x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+    x = embed_tokens(self, cfg, input_ids, token_type_ids, deterministic=deterministic,
+                     token_rows=token_rows)
     mask = attention_mask.astype(bool)
     attention_bias = nn.make_attention_mask(mask, mask)
     # `deterministic` (argument 3, counting self) is a Python bool: static under remat.
@@ -101,9 +118,7 @@ class Encoder(nn.Module):
     for i in range(cfg.depth):
       x = block(cfg, name=f"block_{i}")(x, attention_bias, deterministic)
     tokens = nn.LayerNorm(name="final_norm")(x)
-    weights = mask.astype(tokens.dtype)[..., None]
-    mean = jnp.sum(tokens * weights, axis=-2) / jnp.maximum(jnp.sum(weights, axis=-2), 1.0)
-    pooled = jnp.tanh(Dense(cfg.pooled_width, name="pooler")(mean))
+    pooled = jnp.tanh(Dense(cfg.pooled_width, name="pooler")(masked_mean(tokens, attention_mask)))
     return tokens, pooled
 
 

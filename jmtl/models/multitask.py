@@ -88,7 +88,8 @@ class MultiTaskModel:
              token_rows: jax.Array | None = None) -> Features:
     return encode(self.encoder, encoder_params, batch, rng=rng, token_rows=token_rows)
 
-  def head(self, spec: TaskSpec, head_params, features: Features) -> jax.Array:
+  def head(self, spec: TaskSpec, head_params, features: Features, batch=None) -> jax.Array:
+    """``batch`` is unused: the architectures' heads read its attention mask."""
     return self._head(spec).apply({"params": head_params}, *features)
 
   def apply(self, params, batch, rng: jax.Array | None = None) -> dict[str, jax.Array]:

@@ -36,6 +36,9 @@ Optional (read with ``getattr``; leave out or set to None to disable):
   shared layer in forward order; GradNorm's default ``layer``.
 * ``feature_readers() -> tuple[tuple[int, ...], ...]``: per leaf of the representation, the
   tasks whose loss reads it (rep-grad then skips rows known to be zero).
+* ``penalty(params) -> scalar``: a regulariser of the params that is no task's loss (soft
+  sharing's L2 tie of the task encoders); the step adds its gradient to the balanced
+  gradients, unweighted.
 
 A minimal implementation::
 

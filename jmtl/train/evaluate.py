@@ -23,10 +23,10 @@ def make_eval_fn(model: MultiTaskModel):
 
   @functools.partial(jax.jit, static_argnames="names")
   def eval_fn(params, batch, names):
-    features = model.encode(params["encoder"], batch)
+    features = model.encode(params[model.shared_key], batch)
     out = {}
     for name in names:
-      outputs = model.head(specs[name], params["heads"][name], features)
+      outputs = model.head(specs[name], params[model.task_key][name], features, batch)
       loss_sum, count = specs[name].loss_sum(outputs, batch)
       out[name] = (specs[name].predict(outputs), loss_sum, count)
     return out

@@ -7,6 +7,7 @@ evaluation and asynchronous Orbax checkpoints; prints a per-task table at the en
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -20,7 +21,7 @@ import optax
 
 from jmtl import balancers, data, metrics as metrics_lib
 from jmtl.config import ConfigError, balancer_hparams, to_json
-from jmtl.models import EncoderConfig, MultiTaskModel
+from jmtl.models import EncoderConfig, MultiTaskModel, architectures
 from jmtl.pretrained import training as pretrained_training
 from jmtl.train import checkpoint as ckpt_lib
 from jmtl.train import optim, preflight, qa_eval, runs, transfer
@@ -64,7 +65,7 @@ def load_suite(config: ml_collections.ConfigDict):
   return suite, tasks
 
 
-def build_model(config: ml_collections.ConfigDict, suite, tasks) -> MultiTaskModel:
+def build_model(config: ml_collections.ConfigDict, suite, tasks):
   m = config.model
   if pretrained_training.uses_bert(config):
     encoder = pretrained_training.bert_config(config, suite)
@@ -77,7 +78,13 @@ def build_model(config: ml_collections.ConfigDict, suite, tasks) -> MultiTaskMod
   # Declared, not guessed: a multi-input suite feeds one batch per task only with
   # data.sampler="all"; a mixture sampler draws one same-input batch of mixed rows.
   layout = suite.layout if config.data.sampler == "all" else "same_input"
-  return MultiTaskModel(encoder, tasks, head_hidden=m.head_hidden, layout=layout)
+  options = architectures.Options(**{f.name: m[f.name] for f in
+                                     dataclasses.fields(architectures.Options)})
+  try:
+    return architectures.build(m.architecture, encoder, tasks, layout=layout,
+                               head_hidden=m.head_hidden, options=options)
+  except ValueError as e:  # a bad name or architecture hyperparameter
+    raise ConfigError(f"model.architecture={m.architecture!r}: {e}") from None
 
 
 def train_iterator(config: ml_collections.ConfigDict, suite, tasks):
@@ -98,7 +105,7 @@ class Experiment(NamedTuple):
   TrainState (``jax.eval_shape(create_state)`` its shapes, to restore a checkpoint onto)."""
   suite: Any
   tasks: tuple
-  model: MultiTaskModel
+  model: Any  # any jmtl.models.protocol model (see model.architecture)
   balancer: Any
   optimizer: optax.GradientTransformation
   create_state: Callable[[], Any]

@@ -57,6 +57,9 @@ def train_step(state: TrainState, batch, *, model: MultiTaskProtocol, balancer: 
   grads, losses, balancer_state, gram = balanced_gradients(
       model, balancer, state.params, state.balancer_state, batch, rng if dropout else None,
       grad_mode=grad_mode, axis_name=axis_name, log_cosines=log_cosines)
+  penalty = getattr(model, "penalty", None)
+  if penalty is not None:  # a regulariser of the params (soft sharing): added, never balanced
+    grads = jax.tree.map(jnp.add, grads, jax.grad(penalty)(state.params))
   grad_norm = optax.tree.norm(grads)
   finite = jnp.all(jnp.isfinite(losses)) & jnp.isfinite(grad_norm)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
