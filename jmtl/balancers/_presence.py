@@ -21,7 +21,6 @@ mean that would trim everything) averages the present tasks' gradients for that 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -76,13 +75,17 @@ def _with_weights(state: NamedTuple, weights: jax.Array) -> NamedTuple:
 
 
 class _Subsets:
-  """The method built for every task count, on first use (factories can be slow to build)."""
+  """The method built for a task count, afresh at every trace.
+
+  Not cached: these are built while the step is traced, so a factory's arrays (e.g. uniform
+  weights) are that trace's values; a cached method would hand them to the next trace (a new
+  length bucket, or a pmap after a jit) as leaked tracers.
+  """
 
   def __init__(self, make: Callable[[int], Balancer], num_tasks: int):
     self._make = make
     self.num_tasks = num_tasks
 
-  @functools.cache
   def build(self, k: int) -> Balancer | None:
     try:
       return self._make(k)

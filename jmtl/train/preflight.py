@@ -45,6 +45,12 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
   for key in ("dropout", "attention_dropout"):
     if not 0.0 <= m[key] < 1.0:
       raise ConfigError(f"model.{key} {m[key]!r}: expected a rate in [0, 1)")
+  if "architecture" in m:
+    from jmtl.models import architectures  # the Flax modules load only when asked for
+    try:
+      architectures.check_name(m.architecture)
+    except ValueError as e:
+      raise ConfigError(f"model.architecture: {e}") from None
 
 
 def _check_data_and_train(config: ml_collections.ConfigDict) -> None:

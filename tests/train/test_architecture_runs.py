@@ -90,3 +90,13 @@ def test_pmap_and_sharded_match_single_device(name, method, grad_mode):
     np.testing.assert_allclose(np.asarray(final[parallelism]), np.asarray(final["none"]),
                                rtol=1e-5, atol=1e-5,
                                err_msg=f"{name}: {parallelism} drifted from one device")
+
+
+def test_unknown_architecture_is_refused_before_any_workdir_or_data(tmp_path, suite_path):
+  path, _ = suite_path
+  data_dir = tmp_path / "fresh_data"
+  config = _arch_config(path, str(data_dir), "cross_stich")
+  workdir = tmp_path / "run"
+  with pytest.raises(ConfigError, match="model.architecture.*'cross_stitch'"):
+    loop.train_and_evaluate(config, str(workdir))
+  assert not workdir.exists() and not data_dir.exists()
