@@ -66,7 +66,8 @@ METHODS: tuple[Method, ...] = (
     Method("sum", {}, (Peer("torchjd", "Sum", {}), Peer("libmtl", "EW", {}))),
     Method("pcgrad", {"random_order": False}, (
         Peer("torchjd", "PCGrad", {}, scale="1/T"),
-        Peer("libmtl", "PCGrad", {}, scale="1/T", note="LibMTL also projects g_i' on g_i itself (a no-op "
+        Peer("libmtl", "PCGrad", {}, scale="1/T",
+             note="LibMTL also projects g_i' on g_i itself (a no-op "
              "unless g_i' . g_i < 0 by then)")),
         note="fixed task order: the peers' shuffles are patched to identities"),
     Method("mgda", {}, (
@@ -126,7 +127,8 @@ METHODS: tuple[Method, ...] = (
         Peer("libmtl", "GLS", {}, weights=False, note="LibMTL returns L_i / (T prod L) as its "
              "weights, not the weights of the loss it differentiates"),)),
     Method("uncertainty", {"init_log_variance": -0.5 + LN2}, (
-        Peer("libmtl", "UW", {}, scale="1/T", note="LibMTL's objective L/(2e^s) + s/2 starts at s = -0.5; "
+        Peer("libmtl", "UW", {}, scale="1/T",
+             note="LibMTL's objective L/(2e^s) + s/2 starts at s = -0.5; "
              "jmtl's e^-s L + s started at s = -0.5 + ln 2 applies the same first weights, "
              "divided by T (jmtl's mean)"),),
         steps=1, note="step 1 only: LibMTL's scales move in the trainer's optimizer, not in "

@@ -86,11 +86,11 @@ def uncertainty(num_tasks: int, *, lr: float = 1e-3, init_log_variance: float = 
   """Homoscedastic uncertainty weighting: minimise ``sum_i exp(-s_i) L_i + s_i`` over s too.
 
   ``g = mean_i exp(-s_i) g_i`` (jmtl's scale convention: T identical gradients g give g at
-  s = 0; the paper sums, ``reduction="sum"``); then one Adam step (rate ``lr``) on ``s`` with gradient
-  ``1 - exp(-s_i) L_i``, so ``s_i`` tracks ``log L_i``. One form for every task (the paper's
+  s = 0; the paper sums, ``reduction="sum"``); then one Adam step (rate ``lr``) on ``s``
+  with gradient ``1 - exp(-s_i) L_i``, so ``s_i`` tracks ``log L_i``. One form for every task (the paper's
   regression and classification variants differ by a factor 1/2 on one term); it is LibMTL's
   ``UW`` objective ``L / (2 e^s) + s / 2`` times 2 (same fixed point ``s_i = log L_i``), and
-  starts at s = 0, so the weights start at 1 (LibMTL starts at s = -0.5).
+  starts at s = 0, so the weights start at 1 / T (LibMTL starts at s = -0.5).
 
   Args:
     num_tasks: T.
@@ -112,8 +112,8 @@ def imtl_l(num_tasks: int, *, lr: float = 1e-3, reduction: Reduction = "mean") -
   """IMTL-L: minimise ``sum_i e^{s_i} L_i - s_i`` over s too, so every scaled loss tends to 1.
 
   ``g = mean_i e^{s_i} g_i`` (jmtl's scale convention: T identical gradients g give g at
-  s = 0; the paper sums, ``reduction="sum"``); then one Adam step (rate ``lr``) on ``s`` with gradient
-  ``e^{s_i} L_i - 1`` (fixed point ``e^{s_i} L_i = 1``: scale-invariant losses).
+  s = 0; the paper sums, ``reduction="sum"``); then one Adam step (rate ``lr``) on ``s``
+  with gradient ``e^{s_i} L_i - 1`` (fixed point ``e^{s_i} L_i = 1``: scale-invariant losses).
 
   Args:
     num_tasks: T.
@@ -153,8 +153,8 @@ def dwa(num_tasks: int, *, temperature: float = 2.0, window: int = 1,
   ``L_i(t)`` is the mean loss over window t of ``window`` updates, and the weights stay
   fixed inside a window. The paper's windows are epochs (``window = steps per epoch``
   reproduces it, as LibMTL does); the default ``window=1`` uses the last two per-step
-  losses. Equal weights (1/T, or ones for "sum") until two windows are complete. A task absent for a whole
-  window keeps its previous average, hence ratio 1.
+  losses. Equal weights (1/T, or ones for "sum") until two windows are complete. A task
+  absent for a whole window keeps its previous average, hence ratio 1.
 
   Args:
     num_tasks: T.
