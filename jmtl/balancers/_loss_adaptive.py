@@ -285,10 +285,10 @@ def excess_mtl(num_tasks: int, *, robust_step_size: float = 1e-2,
   then ``w_i <- w_i exp(robust_step_size e_i / e_i(0))`` renormalised to sum to 1 (kept in
   log space here; jmtl's scale convention: T identical gradients g give g; the paper's
   weights sum to T, ``reduction="sum"``). As in the authors' code (and LibMTL) ``e_i(0)`` is
-  the first estimate; the first update therefore leaves the weights equal. A task whose estimate is still 0
-  (absent so far) takes its ``e_i(0)`` from its first positive one and contributes 0 until
-  then (the authors' code divides by 0). ``"jacobian"``: ``H_i`` needs the per-task
-  gradients.
+  the first estimate; the first update therefore leaves the weights equal. A task whose
+  estimate is still 0 (absent so far) takes its ``e_i(0)`` from its first positive one and
+  contributes 0 until then (the authors' code divides by 0). ``"jacobian"``: ``H_i`` needs
+  the per-task gradients.
 
   Args:
     num_tasks: T.

@@ -87,10 +87,10 @@ def uncertainty(num_tasks: int, *, lr: float = 1e-3, init_log_variance: float = 
 
   ``g = mean_i exp(-s_i) g_i`` (jmtl's scale convention: T identical gradients g give g at
   s = 0; the paper sums, ``reduction="sum"``); then one Adam step (rate ``lr``) on ``s``
-  with gradient ``1 - exp(-s_i) L_i``, so ``s_i`` tracks ``log L_i``. One form for every task (the paper's
-  regression and classification variants differ by a factor 1/2 on one term); it is LibMTL's
-  ``UW`` objective ``L / (2 e^s) + s / 2`` times 2 (same fixed point ``s_i = log L_i``), and
-  starts at s = 0, so the weights start at 1 / T (LibMTL starts at s = -0.5).
+  with gradient ``1 - exp(-s_i) L_i``, so ``s_i`` tracks ``log L_i``. One form for every
+  task (the paper's regression and classification variants differ by a factor 1/2 on one
+  term); it is LibMTL's ``UW`` objective ``L / (2 e^s) + s / 2`` times 2 (same fixed point
+  ``s_i = log L_i``), and starts at s = 0, so the weights start at 1 / T (LibMTL starts at s = -0.5).
 
   Args:
     num_tasks: T.
