@@ -256,7 +256,11 @@ def db_mtl(num_tasks: int, *, beta: float = 0.9, beta_sigma: float = 0.0,
     buffer = jax.tree.map(mix, state.gradient_buffer, task_grads)
     norms = jnp.sqrt(per_task_sum(jax.tree.map(jnp.square, buffer)))
     # Relative epsilon (LibMTL: + 1e-8): the balance must not depend on the gradients scale.
-    alphas = scale * jnp.max(norms) / (norms + EPS * jnp.max(norms))
+    # An all-zero buffer (e.g. no positive loss yet) would give 0/0: equal alphas instead.
+    largest = jnp.max(norms)
+    denominators = norms + EPS * largest
+    alphas = scale * jnp.where(denominators > 0, largest / jnp.where(denominators > 0,
+                                                                     denominators, 1.0), 1.0)
     grads = jax.tree.map(lambda out, grad: out.astype(grad.dtype),
                          weighted_sum(alphas, buffer), task_grads)
     return grads, DBMTLState(weights=alphas, gradient_buffer=buffer, step=step)

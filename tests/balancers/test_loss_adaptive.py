@@ -222,6 +222,20 @@ def test_db_mtl_balances_magnitudes_and_ignores_loss_scale():
   assert_close(balanced, np.full(3, balanced.max()), 1e-5)
 
 
+def test_db_mtl_all_zero_buffer_stays_finite():
+  # Losses <= 0 (the toy problem's) count as absent, so the buffer stays 0: 0/0 gave NaN
+  # weights that then poisoned every later step.
+  balancer = balancers.get("db_mtl", 2)
+  update = jax.jit(balancer.update)
+  jacobian = jnp.asarray(np.random.default_rng(1).normal(size=(2, DIM)), jnp.float32)
+  state = balancer.init(jnp.zeros(DIM))
+  out, state = update(jacobian, state, task_losses=jnp.array([-1.0, -2.0]))
+  np.testing.assert_array_equal(out, 0.0)
+  assert np.all(np.isfinite(state.weights))
+  out, state = update(jacobian, state, task_losses=jnp.array([1.0, 1.0]))
+  assert np.all(np.isfinite(out)) and np.linalg.norm(out) > 0
+
+
 # ---------------------------------------------------------------- ExcessMTL
 
 
