@@ -45,14 +45,16 @@ from benchmarks.peers import report  # noqa: E402
 PEERS = pathlib.Path(__file__).resolve().parent
 TORCH_PYTHON = PEERS / ".venv" / "bin" / "python"
 
-# name -> (jmtl balancer, hyperparameters, grad_mode); the same settings as the peers use.
+# name -> (jmtl balancer, hyperparameters, grad_mode); the same settings as the peers use,
+# scale included: the peers' EW is the mean loss (run_torch.py), as jmtl's; their PCGrad sums
+# the projected gradients, jmtl's averages unless reduction="sum"; both CAGrads rescale=1.
 JMTL_VARIANTS = {
     "ew": ("equal_weight", {}, "exact"),
-    "pcgrad": ("pcgrad", {}, "exact"),
+    "pcgrad": ("pcgrad", {"reduction": "sum"}, "exact"),
     "mgda": ("mgda", {}, "exact"),
     "cagrad": ("cagrad", {"c": 0.5, "rescale": 1}, "exact"),
     "upgrad": ("upgrad", {}, "exact"),
-    "rep_pcgrad": ("pcgrad", {}, "rep"),
+    "rep_pcgrad": ("pcgrad", {"reduction": "sum"}, "rep"),
 }
 QUICK_METHODS = ("ew", "pcgrad", "rep_pcgrad")  # --quick: a smoke test, compile time dominates
 TORCH_VARIANTS = ("ew", "libmtl_pcgrad", "libmtl_mgda", "libmtl_cagrad", "torchjd_pcgrad",
@@ -230,7 +232,8 @@ def agreement(args, workdir: pathlib.Path) -> dict:
   from jmtl import balancers
 
   jacobian = reference.conflicting_jacobian(num_tasks=5, dimension=4000, seed=0)
-  balancer = balancers.get("pcgrad", 5, random_order=False)
+  # LibMTL, torchjd and the NumPy reference sum the projected gradients (the paper's scale).
+  balancer = balancers.get("pcgrad", 5, random_order=False, reduction="sum")
   combined, _ = balancer.update(jnp.asarray(jacobian), balancer.init(None))
   result = {"num_tasks": 5, "dimension": 4000,
             "jmtl": np.asarray(combined, np.float64),

@@ -5,10 +5,16 @@ and hyperparameters, the peer's class and keyword arguments, and ``scale``, the 
 maps the peer's direction and weights onto jmtl's convention. The conventions are stated
 here once, so the report can say exactly what was normalised:
 
-* ``same``: identical conventions (both sum, or both average, or both put weights on the
-  simplex);
-* ``1/T``: the peer sums where jmtl averages (LibMTL's EW is a sum of the task losses);
-* ``T``: the peer averages where jmtl sums (torchjd's Aligned-MTL and ExcessMTL);
+jmtl's methods follow one scale convention (README, "Scale convention"): T identical
+gradients g give g, i.e. the mean where a paper sums; ``reduction="sum"`` selects the paper's
+scale. The rows compare jmtl's default (the mean) and bring the peer onto it:
+
+* ``same``: identical conventions (both average, or both put weights on the simplex;
+  torchjd's Aligned-MTL and ExcessMTL average as jmtl does);
+* ``1/T``: the peer sums where jmtl averages (LibMTL's EW is a sum of the task losses; both
+  peers' PCGrad and GradVac sum the edited gradients, torchjd's ConFIG sums the projections,
+  LibMTL's UW sums the weighted losses);
+* ``T``: the peer averages where jmtl sums (no row today: kept for a jmtl ``sum`` row);
 * ``1/(1+c^2)``: torchjd's CAGrad has no ``rescale``; jmtl and LibMTL divide by ``1 + c^2``
   (the official ``rescale=1``);
 
@@ -59,8 +65,9 @@ METHODS: tuple[Method, ...] = (
         Peer("libmtl", "EW", {}, scale="1/T", note="LibMTL's EW sums the losses (weights 1)"))),
     Method("sum", {}, (Peer("torchjd", "Sum", {}), Peer("libmtl", "EW", {}))),
     Method("pcgrad", {"random_order": False}, (
-        Peer("torchjd", "PCGrad", {}),
-        Peer("libmtl", "PCGrad", {}, note="LibMTL also projects g_i' on g_i itself (a no-op "
+        Peer("torchjd", "PCGrad", {}, scale="1/T"),
+        Peer("libmtl", "PCGrad", {}, scale="1/T",
+             note="LibMTL also projects g_i' on g_i itself (a no-op "
              "unless g_i' . g_i < 0 by then)")),
         note="fixed task order: the peers' shuffles are patched to identities"),
     Method("mgda", {}, (
@@ -91,37 +98,39 @@ METHODS: tuple[Method, ...] = (
     Method("fairgrad", {"alpha": 1.0}, (
         Peer("torchjd", "FairGrad", {"alpha": 1.0}, note="scipy least_squares from 1/T"),)),
     Method("aligned_mtl", {"scale_mode": "min"}, (
-        Peer("torchjd", "AlignedMTL", {"scale_mode": "min"}, scale="T",
+        Peer("torchjd", "AlignedMTL", {"scale_mode": "min"},
              note="the rank cut max(lambda) T eps uses the dtype's eps, so on an "
              "ill-conditioned G float32 and float64 keep different numbers of eigenvalues, and "
              "near the cut float32 round-off decides whether the smallest is kept (the answer "
              "jumps)"),)),
     Method("upgrad", {}, (Peer("torchjd", "UPGrad", {}, note=_DUAL_CONE),)),
     Method("dualproj", {}, (Peer("torchjd", "DualProj", {}, note=_DUAL_CONE),)),
-    Method("config", {}, (Peer("torchjd", "ConFIG", {}),), weights=False),
+    Method("config", {}, (Peer("torchjd", "ConFIG", {}, scale="1/T"),), weights=False),
     Method("krum", {"n_byzantine": 0, "n_selected": 1}, (
         Peer("torchjd", "Krum", {"n_byzantine": 0, "n_selected": 1}),),
         tasks=(3, 8)),
     Method("trimmed_mean", {"trim_number": 1}, (
         Peer("torchjd", "TrimmedMean", {"trim_number": 1}),), tasks=(3, 8), weights=False),
     Method("gradvac", {"beta": 0.5}, (
-        Peer("torchjd", "GradVac", {"beta": 0.5}),
-        Peer("libmtl", "GradVac", {"beta": 0.5},
+        Peer("torchjd", "GradVac", {"beta": 0.5}, scale="1/T"),
+        Peer("libmtl", "GradVac", {"beta": 0.5}, scale="1/T",
              note="LibMTL moves the EMA target only on conflict; jmtl every step (Algorithm 1)")),
         tasks=(2,), note="T = 2 only: jmtl's task order is always random, and with two tasks "
         "there is one order"),
     Method("excess_mtl", {"robust_step_size": 1e-2}, (
-        Peer("torchjd", "ExcessMTL", {"robust_step_size": 1e-2}, scale="T",
+        Peer("torchjd", "ExcessMTL", {"robust_step_size": 1e-2},
              note="variant: on its first step torchjd applies the raw excess estimate, "
              "softmax(eta e_i); the authors' code (as vendored in LibMTL's later "
-             "weighting/ExcessMTL.py) and jmtl only record e_i(0) and keep the weights at 1, "
-             "so the weights differ from step 1 on"),)),
+             "weighting/ExcessMTL.py) and jmtl only record e_i(0) and keep the weights equal, "
+             "so the weights differ from step 1 on (jmtl's are equal, 1/T each)"),)),
     Method("gls", {}, (
         Peer("libmtl", "GLS", {}, weights=False, note="LibMTL returns L_i / (T prod L) as its "
              "weights, not the weights of the loss it differentiates"),)),
     Method("uncertainty", {"init_log_variance": -0.5 + LN2}, (
-        Peer("libmtl", "UW", {}, note="LibMTL's objective L/(2e^s) + s/2 starts at s = -0.5; "
-             "jmtl's e^-s L + s started at s = -0.5 + ln 2 applies the same first weights"),),
+        Peer("libmtl", "UW", {}, scale="1/T",
+             note="LibMTL's objective L/(2e^s) + s/2 starts at s = -0.5; "
+             "jmtl's e^-s L + s started at s = -0.5 + ln 2 applies the same first weights, "
+             "divided by T (jmtl's mean)"),),
         steps=1, note="step 1 only: LibMTL's scales move in the trainer's optimizer, not in "
         "backward"),
     Method("rlw", {}, (Peer("torchjd", "Random", {}), Peer("libmtl", "RLW", {"dist": "Normal"})),

@@ -35,6 +35,7 @@ import numpy as np
 
 PyTree = Any
 Needs = Literal["losses", "gram", "jacobian"]
+Reduction = Literal["mean", "sum"]
 
 EPS = 1e-8
 
@@ -66,6 +67,18 @@ class Balancer(NamedTuple):
 def uniform_weights(num_tasks: int, value: float | None = None) -> jax.Array:
   """``[T]`` float32 weights all equal to ``value`` (default 1/T): every method's start."""
   return jnp.full((num_tasks,), 1.0 / num_tasks if value is None else value, jnp.float32)
+
+
+def reduction_scale(reduction: Reduction, num_tasks: int, method: str) -> float:
+  """The factor a method applies to its paper's sum-scale update for ``reduction``.
+
+  ``"mean"`` (1/T) is jmtl's scale convention for every method: T identical task gradients
+  g give back g, so a learning rate means the same thing whichever method balances.
+  ``"sum"`` (1) keeps the scale the method's paper uses (T identical gradients give T g).
+  """
+  if reduction not in ("mean", "sum"):
+    raise ValueError(f"{method}: reduction must be 'mean' or 'sum', got {reduction!r}")
+  return 1.0 / num_tasks if reduction == "mean" else 1.0
 
 
 def applied_weights(state: NamedTuple) -> jax.Array | None:

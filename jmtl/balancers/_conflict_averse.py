@@ -17,7 +17,9 @@ from jax import lax
 
 from jmtl.balancers import _solvers
 from jmtl.balancers._base import Balancer
+from jmtl.balancers._base import Reduction
 from jmtl.balancers._base import from_gram_weights
+from jmtl.balancers._base import reduction_scale
 from jmtl.balancers._base import uniform_weights
 from jmtl.balancers._registry import register
 
@@ -233,19 +235,23 @@ def aligned_transform(gram: jax.Array, scale_mode: str = "min") -> jax.Array:
 
 @register("aligned_mtl", paper="Senushkin et al. 2023, Independent Component Alignment for "
                                "Multi-Task Learning, CVPR")
-def aligned_mtl(num_tasks: int, *, scale_mode: str = "min") -> Balancer:
-  """Aligned-MTL: align the task gradients' principal components, then sum.
+def aligned_mtl(num_tasks: int, *, scale_mode: str = "min",
+                reduction: Reduction = "mean") -> Balancer:
+  """Aligned-MTL: align the task gradients' principal components, then average.
 
   The aligned Jacobian ``B J`` (see `aligned_transform`) has condition number 1; the update
-  is the sum of its rows, ``d = J^T B 1``, i.e. weights ``B 1`` (the official code sums the
-  aligned gradients, like LibMTL; torchjd averages them, weights ``B 1 / T``).
+  is the mean of its rows, ``d = J^T B 1 / T``, i.e. weights ``B 1 / T`` (jmtl's scale
+  convention, as torchjd; the official code and LibMTL sum the aligned gradients,
+  ``reduction="sum"``: weights ``B 1``).
 
   A ``"gram"`` method.
 
   Args:
     num_tasks: T.
     scale_mode: ``"min"`` (paper), ``"median"`` or ``"rmse"`` (official code's options).
+    reduction: ``"mean"`` (jmtl's convention) or ``"sum"`` (paper, official code).
   """
+  scale = reduction_scale(reduction, num_tasks, "aligned_mtl")
   if scale_mode not in _SCALE_MODES:
     raise ValueError(f"aligned_mtl scale_mode must be one of {_SCALE_MODES}, got {scale_mode!r}")
 
@@ -255,7 +261,7 @@ def aligned_mtl(num_tasks: int, *, scale_mode: str = "min") -> Balancer:
 
   def weigh(gram, state, *, task_losses=None):
     del state, task_losses
-    weights = jnp.sum(aligned_transform(gram, scale_mode), axis=1)
+    weights = scale * jnp.sum(aligned_transform(gram, scale_mode), axis=1)
     return weights, AlignedMTLState(weights=weights)
 
   return from_gram_weights(init, weigh)

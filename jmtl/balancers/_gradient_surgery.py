@@ -20,6 +20,8 @@ import numpy as np
 from jmtl.balancers._base import EPS
 from jmtl.balancers._base import Balancer
 from jmtl.balancers._base import PyTree
+from jmtl.balancers._base import Reduction
+from jmtl.balancers._base import reduction_scale
 from jmtl.balancers._base import from_gram_weights
 from jmtl.balancers._base import gram_matrix
 from jmtl.balancers._base import num_tasks_of
@@ -97,7 +99,7 @@ def _vaccinate(gram, targets, orders, beta):
 @register("gradvac", paper="Wang et al. 2021, Gradient Vaccine: Investigating and Improving "
           "Multi-task Optimization in Massively Multilingual Models, ICLR")
 def gradvac(num_tasks: int, *, beta: float = 0.01, granularity: str = "whole",
-            seed: int = 0) -> Balancer:
+            reduction: Reduction = "mean", seed: int = 0) -> Balancer:
   """Gradient Vaccine: pulls each g_i towards an adaptive target cosine with every g_j.
 
   For each task i and each other task j in random order, with
@@ -105,7 +107,8 @@ def gradvac(num_tasks: int, *, beta: float = 0.01, granularity: str = "whole",
   ``g_i' += |g_i'| (phi_hat sqrt(1 - phi^2) - phi sqrt(1 - phi_hat^2))
   / (|g_j| sqrt(1 - phi_hat^2)) g_j``; then ``phi_hat_ij = (1 - beta) phi_hat_ij + beta phi``
   (Algorithm 1: the EMA moves every step; LibMTL moves it only on conflict). The result is
-  ``sum_i g_i'``. Targets start at 0, so the first step is PCGrad.
+  ``mean_i g_i'`` (jmtl's scale convention: T identical gradients g give g; the paper sums,
+  ``reduction="sum"``). Targets start at 0, so the first step is PCGrad.
 
   ``granularity="whole"`` treats the model as one group and is a ``"gram"`` method (each
   ``g_i'`` is a combination of the ``g_k`` with coefficients from inner products).
@@ -116,19 +119,21 @@ def gradvac(num_tasks: int, *, beta: float = 0.01, granularity: str = "whole",
     num_tasks: T.
     beta: EMA rate of the targets (1e-2 as in the paper; LibMTL's default is 0.5).
     granularity: ``"whole"`` or ``"leaf"``.
+    reduction: ``"mean"`` (jmtl's convention) or ``"sum"`` (paper).
     seed: seeds the random visiting orders.
   """
   if granularity not in ("whole", "leaf"):
     raise ValueError(f"gradvac granularity must be 'whole' or 'leaf', got {granularity!r}")
   if not 0.0 <= beta <= 1.0:
     raise ValueError(f"gradvac beta must be in [0, 1], got {beta}")
+  scale = reduction_scale(reduction, num_tasks, "gradvac")
 
   def init(params):
     groups = 1 if granularity == "whole" else len(jax.tree.leaves(params))
     return GradVacState(
         targets=jnp.zeros((groups, num_tasks, num_tasks), jnp.float32),
         key=jax.random.PRNGKey(seed),
-        weights=uniform_weights(num_tasks, 1.0))
+        weights=uniform_weights(num_tasks, scale))
 
   def next_orders(state):
     key, step_key = jax.random.split(state.key)
@@ -138,7 +143,7 @@ def gradvac(num_tasks: int, *, beta: float = 0.01, granularity: str = "whole",
     del task_losses
     key, orders = next_orders(state)
     coeffs, targets = _vaccinate(gram.astype(jnp.float32), state.targets[0], orders, beta)
-    weights = coeffs.sum(axis=0)
+    weights = scale * coeffs.sum(axis=0)
     return weights, GradVacState(targets=targets[None], key=key, weights=weights)
 
   if granularity == "whole":
@@ -152,7 +157,7 @@ def gradvac(num_tasks: int, *, beta: float = 0.01, granularity: str = "whole",
     grams = jnp.stack([gram_matrix(leaf) for leaf in leaves])
     coeffs, targets = jax.vmap(_vaccinate, in_axes=(0, 0, None, None))(
         grams, state.targets, orders, beta)
-    leaf_weights = coeffs.sum(axis=1)  # [groups, T]
+    leaf_weights = scale * coeffs.sum(axis=1)  # [groups, T]
     combined = [weighted_sum(w, leaf) for w, leaf in zip(leaf_weights, leaves)]
     new_state = GradVacState(targets=targets, key=key, weights=leaf_weights.mean(axis=0))
     return jax.tree.unflatten(treedef, combined), new_state
@@ -165,17 +170,20 @@ def gradvac(num_tasks: int, *, beta: float = 0.01, granularity: str = "whole",
 
 class GradDropState(NamedTuple):
   key: jax.Array
-  weights: jax.Array  # [T] nominal ones: the output is a sum of masked gradients
+  weights: jax.Array  # [T] nominal 1/T ("mean") or ones ("sum") on the masked gradients
 
 
 @register("graddrop", paper="Chen et al. 2020, Just Pick a Sign: Optimizing Deep Multitask "
           "Models with Gradient Sign Dropout, NeurIPS", handles_presence=True)
-def graddrop(num_tasks: int, *, leak: float | Sequence[float] = 0.0, seed: int = 0) -> Balancer:
+def graddrop(num_tasks: int, *, leak: float | Sequence[float] = 0.0,
+             reduction: Reduction = "mean", seed: int = 0) -> Balancer:
   """Gradient sign dropout: per coordinate, keep one sign with probability its purity.
 
   ``P = 0.5 (1 + sum_i g_i / sum_i |g_i|)``, ``U ~ Uniform(0, 1)`` per coordinate,
   ``M_i = [P > U][g_i > 0] + [P < U][g_i < 0]``, result ``sum_i (l_i + (1 - l_i) M_i) g_i``
-  with leak ``l_i`` (Algorithm 1). Applied to the shared parameters' gradients, as torchjd
+  with leak ``l_i`` (Algorithm 1), divided by the number of present tasks for
+  ``reduction="mean"`` (jmtl's scale convention: T identical gradients g give g; the paper
+  sums, ``reduction="sum"``). Applied to the shared parameters' gradients, as torchjd
   does, rather than to activations with the batch-sign trick of the paper. Each step draws
   ``U`` for leaf k from ``split(step_key, num_leaves)[k]``, with
   ``_, step_key = split(state.key)``.
@@ -186,38 +194,46 @@ def graddrop(num_tasks: int, *, leak: float | Sequence[float] = 0.0, seed: int =
   Args:
     num_tasks: T.
     leak: l_i in [0, 1], one for all tasks or one per task (0: pure GradDrop).
+    reduction: ``"mean"`` (jmtl's convention) or ``"sum"`` (paper).
     seed: seeds the uniform draws.
   """
   leak_values = np.broadcast_to(np.asarray(leak, np.float32), (num_tasks,))
   if np.any((leak_values < 0) | (leak_values > 1)):
     raise ValueError(f"graddrop leak must be in [0, 1], got {leak}")
   leak = jnp.asarray(leak_values)
+  all_present_scale = reduction_scale(reduction, num_tasks, "graddrop")
 
   def init(params):
     del params
-    return GradDropState(key=jax.random.PRNGKey(seed), weights=uniform_weights(num_tasks, 1.0))
+    return GradDropState(key=jax.random.PRNGKey(seed),
+                         weights=uniform_weights(num_tasks, all_present_scale))
 
-  def drop(leaf, uniform):
+  def drop(leaf, uniform, scale):
     grads = leaf.astype(jnp.float32)
     purity = 0.5 * (1.0 + _safe_divide(grads.sum(axis=0), jnp.abs(grads).sum(axis=0)))
     keep = ((purity > uniform) & (grads > 0)) | ((purity < uniform) & (grads < 0))
     task_leak = leak.reshape((num_tasks,) + (1,) * (grads.ndim - 1))
-    return jnp.sum((task_leak + (1.0 - task_leak) * keep) * grads, axis=0).astype(leaf.dtype)
+    return (scale * jnp.sum((task_leak + (1.0 - task_leak) * keep) * grads, axis=0)
+            ).astype(leaf.dtype)
 
   def update(task_grads, state, params=None, *, task_losses=None, present=None):
     del params, task_losses
     _check_task_axis(task_grads, num_tasks, "graddrop")
+    scale = all_present_scale
     if present is not None:
       task_grads = _scale_rows(jnp.asarray(present, jnp.float32), task_grads)
+      if reduction == "mean":  # the mean over the present tasks
+        scale = 1.0 / jnp.maximum(jnp.sum(jnp.asarray(present, jnp.float32)), 1.0)
     leaves, treedef = jax.tree.flatten(task_grads)
     key, step_key = jax.random.split(state.key)
     leaf_keys = jax.random.split(step_key, len(leaves))
-    out = [drop(leaf, jax.random.uniform(k, leaf.shape[1:])) for leaf, k in zip(leaves, leaf_keys)]
+    out = [drop(leaf, jax.random.uniform(k, leaf.shape[1:]), scale)
+           for leaf, k in zip(leaves, leaf_keys)]
     if present is None:
       return jax.tree.unflatten(treedef, out), state._replace(key=key)
     # No task present: nothing was drawn for, so the state stays as it was.
     key = jnp.where(jnp.any(present), key, state.key)
-    weights = jnp.asarray(present, jnp.float32)
+    weights = scale * jnp.asarray(present, jnp.float32)
     return jax.tree.unflatten(treedef, out), state._replace(key=key, weights=weights)
 
   return Balancer(init=init, update=update, needs="jacobian")
@@ -232,17 +248,23 @@ class ConFIGState(NamedTuple):
 
 @register("config", paper="Liu et al. 2024, ConFIG: Towards Conflict-free Training of "
           "Physics Informed Neural Networks, arXiv:2408.11104")
-def config(num_tasks: int) -> Balancer:
-  """ConFIG: the direction with equal cosine to every task, with the summed projected length.
+def config(num_tasks: int, *, reduction: Reduction = "mean") -> Balancer:
+  """ConFIG: the direction with equal cosine to every task, with the mean projected length.
 
-  ``u_i = g_i / |g_i|``, ``y = U^+ 1``, ``g_u = y / |y|``, result ``(sum_i g_i . g_u) g_u``
-  (Eq. 2). With ``C = U U^T`` the cosine matrix, ``y = U^T C^+ 1``, so the result is a
+  ``u_i = g_i / |g_i|``, ``y = U^+ 1``, ``g_u = y / |y|``, result ``(mean_i g_i . g_u) g_u``
+  (jmtl's scale convention: T identical gradients g give g; Eq. 2 sums the projections,
+  ``reduction="sum"``). With ``C = U U^T`` the cosine matrix, ``y = U^T C^+ 1``, so the result is a
   combination of the g_i computable from G: a ``"gram"`` method.
+
+  Args:
+    num_tasks: T.
+    reduction: ``"mean"`` (jmtl's convention) or ``"sum"`` (paper).
   """
+  length_scale = reduction_scale(reduction, num_tasks, "config")
 
   def init(params):
     del params
-    return ConFIGState(weights=uniform_weights(num_tasks, 1.0))
+    return ConFIGState(weights=uniform_weights(num_tasks, length_scale))
 
   def weigh(gram, state, *, task_losses=None):
     del task_losses, state
@@ -254,7 +276,7 @@ def config(num_tasks: int) -> Balancer:
     cos_times = cosines @ unit_coeffs  # U y: the cosines of y with each u_i, times |y|
     # |y|^2 = b^T C b and sum_i g_i . y = sum_i |g_i| (C b)_i, all in unit coordinates.
     scale = _safe_divide(norms @ cos_times, unit_coeffs @ cos_times)
-    weights = unit_coeffs * inverse_norms * scale
+    weights = length_scale * unit_coeffs * inverse_norms * scale
     return weights, ConFIGState(weights=weights)
 
   return from_gram_weights(init, weigh)

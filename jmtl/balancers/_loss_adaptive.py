@@ -17,6 +17,8 @@ import optax
 
 from jmtl.balancers._base import EPS
 from jmtl.balancers._base import Balancer
+from jmtl.balancers._base import Reduction
+from jmtl.balancers._base import reduction_scale
 from jmtl.balancers._base import uniform_weights
 from jmtl.balancers._base import from_loss_weights
 from jmtl.balancers._registry import register
@@ -54,7 +56,7 @@ def _per_task(scale: jax.Array, leaf: jax.Array) -> jax.Array:
 
 
 class STCHState(NamedTuple):
-  weights: jax.Array     # [T] d(objective)/dL_i of the last update
+  weights: jax.Array     # [T] d(objective)/dL_i of the last update, / T for "mean"
   step: jax.Array        # int32, updates done
   loss_sum: jax.Array    # [T] sum of present losses over the nadir-averaging steps
   loss_count: jax.Array  # [T] int32, present losses in that sum
@@ -64,7 +66,7 @@ class STCHState(NamedTuple):
 @register("stch", paper="Lin et al. 2024, Smooth Tchebycheff Scalarization for "
           "Multi-Objective Optimization, ICML")
 def stch(num_tasks: int, *, mu: float = 1.0, warmup_steps: int = 400, nadir_steps: int = 100,
-         ideal_point: bool = False) -> Balancer:
+         ideal_point: bool = False, reduction: Reduction = "mean") -> Balancer:
   """Smooth Tchebycheff scalarisation ``T mu logsumexp(f_i / mu)``, as a weighting of the losses.
 
   Follows LibMTL's STCH (from the authors' STCH_MTL code): the objectives are log-normalised
@@ -75,13 +77,19 @@ def stch(num_tasks: int, *, mu: float = 1.0, warmup_steps: int = 400, nadir_step
   counts to your epoch length to match. With ``ideal_point`` the paper's ``f_i - z_i`` is
   used, ``z_i`` the running minimum of ``f_i`` since the warm-up (LibMTL uses z = 0).
 
+  Every weight is divided by T (jmtl's scale convention: T identical gradients g with unit
+  losses give g; the gradients are those of log losses, ``g_i / L_i``); ``reduction="sum"``
+  keeps the paper's and LibMTL's scale.
+
   Args:
     num_tasks: T.
     mu: smoothing parameter (mu -> 0: the Tchebycheff max).
     warmup_steps: log-loss updates before nadir averaging starts.
     nadir_steps: log-loss updates whose mean loss is the nadir (0: no normalisation).
     ideal_point: subtract the running minimum of the objectives.
+    reduction: ``"mean"`` (jmtl's convention) or ``"sum"`` (paper, LibMTL).
   """
+  scale = reduction_scale(reduction, num_tasks, "stch")
   if not mu > 0:
     raise ValueError(f"stch: mu must be > 0, got {mu}")
   if warmup_steps < 0 or nadir_steps < 0:
@@ -90,7 +98,7 @@ def stch(num_tasks: int, *, mu: float = 1.0, warmup_steps: int = 400, nadir_step
 
   def init(params):
     del params
-    return STCHState(weights=jnp.ones((num_tasks,), jnp.float32), step=jnp.zeros((), jnp.int32),
+    return STCHState(weights=uniform_weights(num_tasks, scale), step=jnp.zeros((), jnp.int32),
                      loss_sum=jnp.zeros((num_tasks,), jnp.float32),
                      loss_count=jnp.zeros((num_tasks,), jnp.int32),
                      ideal=jnp.full((num_tasks,), jnp.finfo(jnp.float32).max, jnp.float32))
@@ -115,7 +123,7 @@ def stch(num_tasks: int, *, mu: float = 1.0, warmup_steps: int = 400, nadir_step
         present, num_tasks * masked_softmax(objectives / mu, present)
         / (task_losses + EPS * nadir), 0.0)
 
-    weights = jnp.where(warming, log_loss_weights, stch_weights)
+    weights = scale * jnp.where(warming, log_loss_weights, stch_weights)
     return weights, STCHState(weights=weights, step=state.step + 1, loss_sum=loss_sum,
                               loss_count=loss_count, ideal=ideal)
 
@@ -201,30 +209,36 @@ def famo(num_tasks: int, *, w_lr: float = 0.025, gamma: float = 1e-3,
 
 
 class DBMTLState(NamedTuple):
-  weights: jax.Array         # [T] alpha_i, the scales applied to the buffered gradients
+  weights: jax.Array         # [T] alpha_i / T ("mean"), the scales of the buffered gradients
   gradient_buffer: PyTree    # [T, ...] per leaf: EMA of the gradients of log L_i, float32
   step: jax.Array            # int32, updates done
 
 
 @register("db_mtl", paper="Lin et al. 2023, Dual-Balancing for Multi-Task Learning, "
           "arXiv:2308.12029", param_shaped_state=True)
-def db_mtl(num_tasks: int, *, beta: float = 0.9, beta_sigma: float = 0.0) -> Balancer:
-  """DB-MTL: log losses, then equal gradient magnitudes: ``g = sum_i alpha_i m_i``.
+def db_mtl(num_tasks: int, *, beta: float = 0.9, beta_sigma: float = 0.0,
+           reduction: Reduction = "mean") -> Balancer:
+  """DB-MTL: log losses, then equal gradient magnitudes: ``g = mean_i alpha_i m_i``.
 
   ``m_i <- (1 - b_t) grad log L_i + b_t m_i`` with ``b_t = beta / t^beta_sigma`` (the loss
   balancing; ``grad log L_i = g_i / L_i``), and ``alpha_i = max_j ||m_j|| / ||m_i||`` (the
   gradient balancing). As in LibMTL (the authors' code) the buffer starts at 0 without bias
   correction, and an absent task's zero gradient enters its EMA. ``"jacobian"``: the
   buffer needs the per-task gradients. ``state.weights`` holds alpha (the weights of the
-  buffered log-loss gradients, not of the raw ``g_i``).
+  buffered log-loss gradients, not of the raw ``g_i``). The mean is jmtl's scale convention
+  (T identical gradients g with unit losses give g once the buffer has filled); the paper
+  and LibMTL sum, ``reduction="sum"``.
 
   Args:
     num_tasks: T.
     beta: EMA rate of the gradient buffer.
     beta_sigma: decay exponent of the EMA rate.
+    reduction: ``"mean"`` (jmtl's convention) or ``"sum"`` (paper, LibMTL).
   """
+  scale = reduction_scale(reduction, num_tasks, "db_mtl")
+
   def init(params):
-    return DBMTLState(weights=jnp.ones((num_tasks,), jnp.float32),
+    return DBMTLState(weights=uniform_weights(num_tasks, scale),
                       gradient_buffer=_task_buffer(params, num_tasks),
                       step=jnp.zeros((), jnp.int32))
 
@@ -242,7 +256,11 @@ def db_mtl(num_tasks: int, *, beta: float = 0.9, beta_sigma: float = 0.0) -> Bal
     buffer = jax.tree.map(mix, state.gradient_buffer, task_grads)
     norms = jnp.sqrt(per_task_sum(jax.tree.map(jnp.square, buffer)))
     # Relative epsilon (LibMTL: + 1e-8): the balance must not depend on the gradients scale.
-    alphas = jnp.max(norms) / (norms + EPS * jnp.max(norms))
+    # An all-zero buffer (e.g. no positive loss yet) would give 0/0: equal alphas instead.
+    largest = jnp.max(norms)
+    denominators = norms + EPS * largest
+    alphas = scale * jnp.where(denominators > 0, largest / jnp.where(denominators > 0,
+                                                                     denominators, 1.0), 1.0)
     grads = jax.tree.map(lambda out, grad: out.astype(grad.dtype),
                          weighted_sum(alphas, buffer), task_grads)
     return grads, DBMTLState(weights=alphas, gradient_buffer=buffer, step=step)
@@ -254,7 +272,7 @@ def db_mtl(num_tasks: int, *, beta: float = 0.9, beta_sigma: float = 0.0) -> Bal
 
 
 class ExcessMTLState(NamedTuple):
-  weights: jax.Array              # [T] weights of the last update; sum to T
+  weights: jax.Array              # [T] weights of the last update; sum to 1 ("mean") or T
   log_weights: jax.Array          # [T] cumulative log of the multiplicative updates
   squared_gradient_sum: PyTree    # [T, ...] per leaf: AdaGrad accumulator, float32
   initial_excess: jax.Array       # [T] first positive excess-risk estimate (0: none yet)
@@ -262,24 +280,29 @@ class ExcessMTLState(NamedTuple):
 
 @register("excess_mtl", paper="He et al. 2024, Robust Multi-Task Learning with Excess Risks, ICML",
           param_shaped_state=True)
-def excess_mtl(num_tasks: int, *, robust_step_size: float = 1e-2) -> Balancer:
+def excess_mtl(num_tasks: int, *, robust_step_size: float = 1e-2,
+               reduction: Reduction = "mean") -> Balancer:
   """ExcessMTL: multiplicative weights on estimated excess risks, ``g = sum_i w_i g_i``.
 
   The excess risk of task i is estimated with a diagonal (AdaGrad) Hessian,
   ``e_i = g_i^T diag(1 / sqrt(H_i + 1e-7)) g_i`` with ``H_i`` the running sum of ``g_i^2``;
-  then ``w_i <- w_i exp(robust_step_size e_i / e_i(0))`` renormalised to sum to T (kept in
-  log space here). As in the authors' code (and LibMTL) ``e_i(0)`` is the first estimate;
-  the first update therefore leaves the weights at ones. A task whose estimate is still 0
-  (absent so far) takes its ``e_i(0)`` from its first positive one and contributes 0 until
-  then (the authors' code divides by 0). ``"jacobian"``: ``H_i`` needs the per-task
-  gradients.
+  then ``w_i <- w_i exp(robust_step_size e_i / e_i(0))`` renormalised to sum to 1 (kept in
+  log space here; jmtl's scale convention: T identical gradients g give g; the paper's
+  weights sum to T, ``reduction="sum"``). As in the authors' code (and LibMTL) ``e_i(0)`` is
+  the first estimate; the first update therefore leaves the weights equal. A task whose
+  estimate is still 0 (absent so far) takes its ``e_i(0)`` from its first positive one and
+  contributes 0 until then (the authors' code divides by 0). ``"jacobian"``: ``H_i`` needs
+  the per-task gradients.
 
   Args:
     num_tasks: T.
     robust_step_size: step size of the multiplicative weight update.
+    reduction: ``"mean"`` (jmtl's convention) or ``"sum"`` (paper, LibMTL).
   """
+  total_weight = num_tasks * reduction_scale(reduction, num_tasks, "excess_mtl")
+
   def init(params):
-    return ExcessMTLState(weights=jnp.ones((num_tasks,), jnp.float32),
+    return ExcessMTLState(weights=uniform_weights(num_tasks, total_weight / num_tasks),
                           log_weights=jnp.zeros((num_tasks,), jnp.float32),
                           squared_gradient_sum=_task_buffer(params, num_tasks),
                           initial_excess=jnp.zeros((num_tasks,), jnp.float32))
@@ -296,7 +319,7 @@ def excess_mtl(num_tasks: int, *, robust_step_size: float = 1e-2) -> Balancer:
     ratios = jnp.where(known, excess / jnp.where(known, initial, 1.0), 0.0)
     log_weights = state.log_weights + robust_step_size * ratios
     log_weights = log_weights - jnp.max(log_weights)  # a no-op after normalising; stays bounded
-    weights = num_tasks * jax.nn.softmax(log_weights)
+    weights = total_weight * jax.nn.softmax(log_weights)
     return weighted_sum(weights, task_grads), ExcessMTLState(
         weights=weights, log_weights=log_weights, squared_gradient_sum=squared_sum,
         initial_excess=initial)

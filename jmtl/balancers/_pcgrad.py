@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from jmtl.balancers._base import Balancer
+from jmtl.balancers._base import Reduction
 from jmtl.balancers._base import from_gram_weights
+from jmtl.balancers._base import reduction_scale
 from jmtl.balancers._registry import register
 
 
@@ -64,7 +66,7 @@ def pcgrad_coefficients(gram: jax.Array, orders: jax.Array) -> jax.Array:
 
 @register("pcgrad", paper="Yu et al. 2020, Gradient Surgery for Multi-Task Learning, NeurIPS")
 def pcgrad(num_tasks: int, *, random_order: bool = True,
-           reduction: Literal["sum", "mean"] = "mean", seed: int = 0) -> Balancer:
+           reduction: Reduction = "mean", seed: int = 0) -> Balancer:
   """PCGrad (Yu et al. 2020): project each g_i onto the normal plane of every g_j it conflicts with.
 
   For each task i, visiting the other tasks in a random order, ``g_i' <- g_i' -
@@ -82,9 +84,7 @@ def pcgrad(num_tasks: int, *, random_order: bool = True,
     reduction: ``"mean"`` (jmtl's convention for every method) or ``"sum"`` (paper).
     seed: seed of the PRNG key kept in the state.
   """
-  if reduction not in ("sum", "mean"):
-    raise ValueError(f"pcgrad: reduction must be 'sum' or 'mean', got {reduction!r}")
-  scale = 1.0 if reduction == "sum" else 1.0 / num_tasks
+  scale = reduction_scale(reduction, num_tasks, "pcgrad")
 
   def init(params):
     del params

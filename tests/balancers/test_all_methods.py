@@ -339,16 +339,104 @@ def test_runs_under_x64(name):
     assert weights is None or weights.dtype == jnp.float32
 
 
-MEAN_CONVENTION = ("equal_weight", "mean", "pcgrad", "gradnorm", "mgda", "imtl_g", "upgrad",
-                   "dualproj", "sdmgrad", "krum", "trimmed_mean", "famo", "gls", "rlw", "random")
+# ---------------------------------------------------------------- scale convention
 
 
-@pytest.mark.parametrize("name", MEAN_CONVENTION)
+def _norm_fixed_by_equation(num_tasks, g, max_norm=np.inf):
+  # Nash-MTL (G a = 1/a) and FairGrad with alpha = 1 (G a = a^-1): for T identical g the
+  # solution is a_i = 1 / (sqrt(T) |g|), so d = sqrt(T) g / |g| whatever |g| is; Nash-MTL
+  # then clips to max_norm. Dividing by anything would change the papers' step.
+  return min(np.sqrt(num_tasks), max_norm) / np.linalg.norm(g)
+
+
+# The README's scale convention: T identical gradients g give back g (weights summing to 1),
+# so a learning rate means the same thing across methods. The exceptions, each with why:
+SCALE_EXCEPTIONS = {
+    # The user's weights, applied as given (default ones): by definition, T g.
+    "sum": lambda t, g: t, "constant": lambda t, g: t, "linear_scalarization": lambda t, g: t,
+    # CAGrad: d = (1 + c) g around the mean, divided by 1 + c^2 (rescale=1, official code).
+    "cagrad": lambda t, g: 1.4 / (1.0 + 0.4**2),
+    "nash_mtl": lambda t, g: _norm_fixed_by_equation(t, g, max_norm=1.0),
+    "fairgrad": _norm_fixed_by_equation,
+}
+# Methods whose buffer of tracked gradients starts at 0 (the papers' and authors' codes, no
+# bias correction): they give g back once the buffer has filled, not on the first step.
+BUFFERED = {"moco": 400, "db_mtl": 300}
+
+
+@functools.cache
+def jitted_update(name, num_tasks, **hparams):
+  balancer = balancers.get(name, num_tasks, **hparams)
+  return balancer, jax.jit(lambda g, s, l, p: balancer.update(g, s, task_losses=l, present=p))
+
+
+@pytest.mark.parametrize("name", balancers.names())
 def test_identical_gradients_give_back_the_gradient(name):
-  # The README's scale convention: the update is on the mean gradient's scale.
   g = np.random.default_rng(7).normal(size=6)
   jacobian = jnp.asarray(np.stack([g] * NUM_TASKS), jnp.float32)
-  balancer = balancers.get(name, NUM_TASKS)
-  combined, _ = balancer.update(jacobian, balancer.init(jacobian[0]),
-                                task_losses=jnp.ones(NUM_TASKS))
-  np.testing.assert_allclose(combined, g, rtol=2e-3, atol=1e-5)
+  # Unit losses: STCH and DB-MTL weigh the gradients of log losses, g_i / L_i.
+  losses = jnp.ones(NUM_TASKS)
+  expected = SCALE_EXCEPTIONS.get(name, lambda t, g: 1.0)(NUM_TASKS, g) * g
+  balancer, update = jitted_update(name, NUM_TASKS)
+  for present in (np.ones(NUM_TASKS, bool), np.asarray([True, False, True])):
+    state = balancer.init(jacobian[0])
+    for _ in range(BUFFERED.get(name, 1)):
+      combined, state = update(jacobian, state, losses, jnp.asarray(present))
+    if name not in SCALE_EXCEPTIONS:  # the mean of the present tasks is g again
+      np.testing.assert_allclose(combined, g, rtol=2e-3, atol=1e-5, err_msg=name)
+    elif present.all():
+      np.testing.assert_allclose(combined, expected, rtol=2e-3, atol=1e-5, err_msg=name)
+  if name not in SCALE_EXCEPTIONS:
+    weights = balancers.applied_weights(state)
+    if weights is not None and name not in BUFFERED:  # DB-MTL's weigh the buffer
+      np.testing.assert_allclose(np.sum(weights), 1.0, rtol=2e-3, err_msg=name)
+
+
+def test_cagrad_rescale_two_gives_back_the_gradient():
+  g = np.random.default_rng(8).normal(size=5)
+  balancer = balancers.get("cagrad", NUM_TASKS, rescale=2)
+  jacobian = jnp.asarray(np.stack([g] * NUM_TASKS), jnp.float32)
+  combined, _ = balancer.update(jacobian, balancer.init(jacobian[0]))
+  np.testing.assert_allclose(combined, g, rtol=1e-5)
+
+
+def takes_reduction(name):
+  try:
+    balancers.get(name, NUM_TASKS, reduction="sum")
+  except TypeError:  # get's error for an hparam the method does not take
+    return False
+  return True
+
+
+WITH_REDUCTION = [name for name in balancers.names() if takes_reduction(name)]
+
+
+def test_every_method_on_a_paper_sum_scale_offers_it():
+  # Every method whose paper sums the (edited) task gradients keeps that scale selectable.
+  assert set(WITH_REDUCTION) >= {"pcgrad", "gradvac", "graddrop", "aligned_mtl", "config",
+                                 "db_mtl", "excess_mtl", "dwa", "uncertainty", "imtl_l", "stch"}
+
+
+@pytest.mark.parametrize("name", WITH_REDUCTION)
+def test_sum_reduction_is_the_mean_times_the_present_tasks(name):
+  # Same direction and same state dynamics: only the update's scale differs, by #present.
+  rng = np.random.default_rng(9)
+  jacobian = jnp.asarray(rng.normal(size=(NUM_TASKS, 6)) * [[1e-2], [1.0], [30.0]], jnp.float32)
+  losses = jnp.asarray([0.7, 1.9, 0.4], jnp.float32)
+  runs = {}
+  for reduction in ("mean", "sum"):
+    balancer, update = jitted_update(name, NUM_TASKS, reduction=reduction)
+    state, outputs = balancer.init(jacobian[0]), []
+    for step, present in enumerate(([True] * 3, [True, False, True], [True] * 3)):
+      combined, state = update((1.0 + step) * jacobian, state, (0.5 + step) * losses,
+                               jnp.asarray(present))
+      outputs.append(np.asarray(combined) / (sum(present) if reduction == "sum" else 1))
+    runs[reduction] = outputs
+  for mean, total in zip(runs["mean"], runs["sum"]):
+    np.testing.assert_allclose(total, mean, rtol=1e-5, atol=1e-6 * np.abs(mean).max(), err_msg=name)
+
+
+@pytest.mark.parametrize("name", WITH_REDUCTION)
+def test_unknown_reduction_is_refused(name):
+  with pytest.raises(ValueError, match="reduction"):
+    balancers.get(name, NUM_TASKS, reduction="max")

@@ -58,7 +58,8 @@ def nash_reference(jacobian, max_norm):
 
 
 def aligned_reference(jacobian, scale_mode):
-  """The official ProcrustesSolver.apply in float64, summed over tasks."""
+  """The official ProcrustesSolver.apply in float64, averaged over tasks (jmtl's scale
+  convention, as torchjd; the official code sums)."""
   gram = jacobian @ jacobian.T
   singulars, basis = np.linalg.eigh(gram)
   tolerance = singulars.max() * len(gram) * np.finfo(np.float32).eps  # torch's default dtype
@@ -68,7 +69,7 @@ def aligned_reference(jacobian, scale_mode):
   scale = {"min": singulars[-1], "median": np.sort(singulars)[(rank - 1) // 2],
            "rmse": singulars.mean()}[scale_mode]
   transform = (basis * np.sqrt(scale) / np.sqrt(singulars)) @ basis.T
-  weights = transform.sum(axis=-1)
+  weights = transform.sum(axis=-1) / len(gram)
   return weights @ jacobian, weights
 
 

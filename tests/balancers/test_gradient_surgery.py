@@ -48,7 +48,8 @@ def gradvac_orders(state, num_tasks):
 
 
 def gradvac_reference(jacobian, targets, orders, beta):
-  """Algorithm 1 of Wang et al. 2021 on explicit vectors, one parameter group."""
+  """Algorithm 1 of Wang et al. 2021 on explicit vectors, one parameter group; the mean of the
+  g_i' (jmtl's scale convention; the paper sums)."""
   num_tasks = len(jacobian)
   new_targets = targets.copy()
   total = np.zeros(jacobian.shape[1])
@@ -66,7 +67,7 @@ def gradvac_reference(jacobian, targets, orders, beta):
                 norm_j * np.sqrt(1 - target**2)) * jacobian[j]
       new_targets[i, j] = (1 - beta) * target + beta * phi
     total += adjusted
-  return total, new_targets
+  return total / num_tasks, new_targets
 
 
 @pytest.mark.parametrize("num_tasks", TASK_COUNTS)
@@ -125,12 +126,13 @@ def test_gradvac_reaches_the_target_cosine():
 
 
 def graddrop_reference(leaves, uniforms, leak):
+  """Algorithm 1 of Chen et al. 2020, divided by T (jmtl's mean; the paper sums)."""
   out = []
   for grads, uniform in zip(leaves, uniforms):
     purity = 0.5 * (1 + grads.sum(0) / np.abs(grads).sum(0))
     keep = ((purity > uniform) & (grads > 0)) | ((purity < uniform) & (grads < 0))
     leak_column = np.reshape(leak, (-1,) + (1,) * (grads.ndim - 1))
-    out.append(((leak_column + (1 - leak_column) * keep) * grads).sum(0))
+    out.append(((leak_column + (1 - leak_column) * keep) * grads).mean(0))
   return out
 
 
@@ -161,13 +163,13 @@ def test_graddrop_matches_reference_with_the_same_draws(num_tasks):
 def test_graddrop_keeps_agreeing_signs_and_full_leak_sums():
   jacobian = np.abs(random_jacobian(3, seed=1)) * np.sign(random_jacobian(1, seed=2))
   out, _ = run_update("graddrop", jacobian)  # every coordinate agrees in sign: purity 0 or 1
-  assert_close(out, jacobian.sum(0))
+  assert_close(out, jacobian.mean(0))
   mixed = random_jacobian(3, seed=3)
   out, _ = run_update("graddrop", mixed, leak=1.0)
-  assert_close(out, mixed.sum(0))
-  out, _ = run_update("graddrop", mixed)  # no leak: each coordinate is one sign's sum (or 0)
-  positive = np.where(mixed > 0, mixed, 0).sum(0)
-  negative = np.where(mixed < 0, mixed, 0).sum(0)
+  assert_close(out, mixed.mean(0))
+  out, _ = run_update("graddrop", mixed)  # no leak: each coordinate is one sign's sum (or 0), / T
+  positive = np.where(mixed > 0, mixed, 0).sum(0) / 3
+  negative = np.where(mixed < 0, mixed, 0).sum(0) / 3
   picked = np.isclose(out, positive, atol=1e-6) | np.isclose(out, negative, atol=1e-6)
   assert picked.all()
 
@@ -177,19 +179,20 @@ def test_graddrop_keeps_positive_sign_at_the_purity_rate():
   coordinates = 20000
   jacobian = np.tile(np.array([[3.0], [-1.0]]), (1, coordinates))  # purity 0.75 everywhere
   out, _ = run_update("graddrop", jacobian, seed=4)
-  assert abs(np.mean(out == 3.0) - 0.75) < 0.02
-  assert np.all((out == 3.0) | (out == -1.0))
+  assert abs(np.mean(out == 1.5) - 0.75) < 0.02  # the kept gradient, / T = 2
+  assert np.all((out == 1.5) | (out == -0.5))
 
 
 # ---------------------------------------------------------------- ConFIG
 
 
 def config_reference(jacobian):
-  """Eq. 2 of Liu et al. 2024 with an explicit pseudo-inverse."""
+  """Eq. 2 of Liu et al. 2024 with an explicit pseudo-inverse, the projections averaged
+  (jmtl's scale convention; Eq. 2 sums them)."""
   units = jacobian / np.linalg.norm(jacobian, axis=1, keepdims=True)
   best = np.linalg.pinv(units) @ np.ones(len(jacobian))
   unit_best = best / np.linalg.norm(best)
-  return np.sum(jacobian @ unit_best) * unit_best
+  return np.mean(jacobian @ unit_best) * unit_best
 
 
 @pytest.mark.parametrize("num_tasks", TASK_COUNTS)
@@ -205,15 +208,16 @@ def test_config_matches_reference_and_has_no_conflict(num_tasks):
 
 
 def test_config_degenerate_rows_match_reference():
-  """Zero rows get a zero unit vector; identical rows sum; exact opposites cancel."""
+  """Zero rows get a zero unit vector; identical rows give the row; exact opposites cancel."""
   base = random_jacobian(3, seed=6)
   zero_row = base.copy()
   zero_row[1] = 0.0
   out, _ = run_update("config", zero_row)
-  kept = config_reference(zero_row[[0, 2]])  # a zero unit vector adds nothing to U^+ 1
+  # A zero unit vector adds nothing to U^+ 1; its zero projection still counts in the mean.
+  kept = config_reference(zero_row[[0, 2]]) * 2 / 3
   assert_close(out, kept)
   out, _ = run_update("config", np.tile(base[:1], (3, 1)))
-  assert_close(out, 3 * base[0])
+  assert_close(out, base[0])
   out, _ = run_update("config", np.stack([base[0], -base[0]]))
   assert np.abs(out).max() < 1e-4 * np.abs(base[0]).max()
 

@@ -51,10 +51,15 @@ def test_jmtl_pcgrad_fixed_order_agrees_with_reference():
   jacobian = reference.conflicting_jacobian(num_tasks=5, dimension=300, seed=1)
   gram = jacobian.astype(np.float64) @ jacobian.T.astype(np.float64)
   assert (gram < 0).sum() >= 8  # several conflicting pairs, or the check proves nothing
-  balancer = balancers.get("pcgrad", 5, random_order=False)
+  # The reference sums, as the paper, LibMTL and torchjd: jmtl's reduction="sum" is that
+  # scale, its default the mean (T times shorter).
+  balancer = balancers.get("pcgrad", 5, random_order=False, reduction="sum")
   combined, _ = balancer.update(jnp.asarray(jacobian), balancer.init(None))
   expected = reference.pcgrad_fixed_order(jacobian, visit_self=False)
   assert reference.relative_error(np.asarray(combined), expected) < reference.TOLERANCE
+  mean = balancers.get("pcgrad", 5, random_order=False)
+  averaged, _ = mean.update(jnp.asarray(jacobian), mean.init(None))
+  assert reference.relative_error(5 * np.asarray(averaged), expected) < reference.TOLERANCE
   assert reference.relative_error(jacobian.sum(0), expected) > 0.1  # projections happened
 
 
@@ -111,3 +116,17 @@ def test_compare_quick_without_peers(tmp_path):
   assert set(payload["agreement"]["relative_errors"]) == {"jmtl_vs_numpy"}
   assert (tmp_path / "peers.md").read_text().startswith("# jmtl vs LibMTL")
   assert (tmp_path / "peers.png").stat().st_size > 0
+
+
+def test_compared_jmtl_variants_have_the_peers_scale():
+  # run_torch.py's EW backpropagates the mean loss; LibMTL's and torchjd's PCGrad sum the
+  # projected gradients. The timed jmtl variants must compute the same quantities.
+  from benchmarks.peers import compare
+  g = np.random.default_rng(2).normal(size=7)
+  jacobian = jnp.asarray(np.stack([g] * 4), jnp.float32)
+  peer_factor = {"ew": 1.0, "pcgrad": 4.0, "rep_pcgrad": 4.0}
+  for variant, factor in peer_factor.items():
+    name, hparams, _ = compare.JMTL_VARIANTS[variant]
+    balancer = balancers.get(name, 4, **hparams)
+    combined, _ = balancer.update(jacobian, balancer.init(jacobian[0]), task_losses=jnp.ones(4))
+    np.testing.assert_allclose(combined, factor * g, rtol=1e-5, err_msg=variant)

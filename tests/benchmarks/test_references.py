@@ -154,3 +154,41 @@ def test_missing_peers_venv_is_one_clear_error(tmp_path, monkeypatch):
   monkeypatch.setattr(references, "TORCH_PYTHON", tmp_path / "nothing" / "python")
   with pytest.raises(FileNotFoundError, match="run bash benchmarks/peers/setup.sh"):
     references.run_peers({}, table.METHODS, tmp_path)
+
+
+def test_summing_peers_are_brought_onto_jmtl_mean_by_the_table():
+  # A "1/T" row says the peer sums where jmtl averages. jmtl's own reduction="sum" is the
+  # paper's (summing) scale, so as a stand-in peer it must agree once the table's factor is
+  # applied: a row whose factor is wrong shows up T or T^2 apart.
+  cases = references.make_cases(task_counts=(2, 3), seeds=(0,), kinds=("conflicting",),
+                                dimension=32)
+  summing = [m._replace(peers=tuple(p for p in m.peers if p.scale == "1/T"))
+             for m in table.METHODS if _takes_reduction(m.name)]
+  summing = [m for m in summing if m.peers]
+  assert {m.name for m in summing} >= {"pcgrad", "gradvac", "config", "uncertainty"}
+  peers = {}
+  for method in summing:
+    paper_scale = method._replace(hparams={**method.hparams, "reduction": "sum"})
+    for case, arrays in cases.items():
+      if references.tasks_of(case) not in method.tasks:
+        continue
+      run = references.run_jmtl(paper_scale, arrays["jacobians"], arrays["losses"])
+      for peer in method.peers:
+        peers[f"{case}/{method.name}/{peer.library}/float32/direction"] = run["direction"]
+        if run["weights"] is not None:
+          peers[f"{case}/{method.name}/{peer.library}/float32/weights"] = run["weights"]
+  result = references.compare_all(cases, summing, peers, log=lambda message: None)
+  assert result["rows"]
+  for row in result["rows"]:
+    assert row["rel_direction"] < 1e-5, row
+    assert row.get("rel_weights", 0.0) < 1e-5, row
+  # No row multiplies a peer by T any more: every jmtl method averages.
+  assert all(p.scale != "T" for m in table.METHODS for p in m.peers)
+
+
+def _takes_reduction(name):
+  try:
+    balancers.get(name, 3, reduction="sum")
+  except TypeError:  # get's error for an hparam the method does not take
+    return False
+  return True
