@@ -125,7 +125,7 @@ def jmtl_draws(num_tasks: int, name: str = "rlw", draws: int = RLW_DRAWS) -> np.
 
   balancer = balancers.get(name, num_tasks)
   def one(state, _):
-    weights, state = balancer.weigh(np.ones(num_tasks, np.float32), state)
+    weights, state = balancer.weigh_losses(np.ones(num_tasks, np.float32), state)
     return state, weights
   _, weights = jax.lax.scan(one, balancer.init(None), None, length=draws)
   return np.asarray(weights, np.float64)
