@@ -205,7 +205,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     state = pretrained_training.with_pretrained_encoder(config, jax.jit(experiment.create_state)())
     start = 0
     if config.init_from:  # a fresh start only: a resumed run already holds these weights
-      state, origin = transfer.init_from(config, state, experiment.optimizer)
+      state, origin = transfer.init_from(config, state, experiment.optimizer, fingerprints,
+                                         workdir=workdir, allow_data_change=allow_data_change,
+                                         say=say)
       transfer.write_origin(workdir, origin)
       say(transfer.describe(origin))
   else:
@@ -226,7 +228,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   logger = MetricLogger(workdir, tensorboard=t.tensorboard, warn=say, resume_step=start,
                         final_step=steps)
   if origin is not None:
-    logger.write({"step": 0, "split": "init_from", **origin})
+    # origin["step"] is the source's step; the record sits at step 0, so a resume keeps it.
+    logger.write({"split": "init_from", **origin, "source_step": origin["step"], "step": 0})
   config_json = to_json(config)
   names = model.names
 
