@@ -90,15 +90,23 @@ class Predictor:
     """The model of ``workdir``'s newest (or ``step``'s, or best) checkpoint, with the
     tokenizer and label names of the suite it was trained on."""
     # Checkpoints (Orbax) and data (TFDS) load only when a model is: `import jmtl` stays light.
-    from jmtl.train import loop, transfer
+    from jmtl.config import config_from_dict
+    from jmtl.train import loop, runs, transfer
     from jmtl.train.checkpoint import CheckpointError
     saved = transfer.read_checkpoint(workdir, step, best)
-    config = transfer.saved_config(saved.config)
+    # run.json: the config the run was last started with (paths resolved); runs from before
+    # it have only the checkpoint's own copy.
+    config = (runs.load_run_config(saved.workdir) if runs.read_run(saved.workdir) is not None
+              else config_from_dict(saved.config))
     suite, tasks = loop.load_suite(config)
+    transfer.check_tokenizer(saved, runs.run_fingerprints(suite, [t.name for t in tasks]),
+                             where=f"the checkpoint at step {saved.step} in {saved.workdir}")
     model = loop.build_model(config, suite, tasks)
     dummy = {"input_ids": np.zeros((1, suite.max_len), np.int32),
              "attention_mask": np.ones((1, suite.max_len), np.int32),
              "token_type_ids": np.zeros((1, suite.max_len), np.int32)}
+    if model.layout == "multi_input":  # init reads the inputs of one task's batch
+      dummy = {model.names[0]: dummy}
     expected = jax.eval_shape(model.init, jax.random.PRNGKey(0), dummy)
     mismatched = transfer.shape_mismatches(saved.params, expected)
     if mismatched:
