@@ -190,10 +190,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   steps = config.train.steps
   iterator, restrict = train_iterator(config, suite, tasks)
   t = config.train
+  abstract_state = jax.eval_shape(experiment.create_state)
   step_fn = make_train_step(model, experiment.balancer, experiment.optimizer,
                             grad_mode=config.grad_mode, parallelism=t.parallelism,
-                            num_devices=t.num_devices or None, log_cosines=t.log_cosines)
-  abstract_state = jax.eval_shape(experiment.create_state)
+                            num_devices=t.num_devices or None, log_cosines=t.log_cosines,
+                            trainable=optim.trainable_mask(abstract_state.params, config))
   config_dict = json.loads(to_json(config))
   fingerprints = runs.run_fingerprints(suite, [tk.name for tk in tasks])
   best_value, best_mode = best_metric(t.best_metric, tasks)
