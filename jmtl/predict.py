@@ -7,6 +7,8 @@ tokenization and answers with label names, not ids:
 
 * classification: ``{"label": name, "probabilities": {name: p, ...}}``
 * regression: ``{"value": x}``
+* multi_label: ``{"labels": [names whose sigmoid exceeds the task's threshold],
+  "probabilities": {name: p, ...}}`` (independent per label, as trained)
 * tagging: ``{"tags": [one per input word], "scores": [...]}``, each word's tag read from
   its first sub-word (as training aligned them), plus ``"spans"`` (BIO entities) for tasks
   scored by span F1.
@@ -35,7 +37,8 @@ from jmtl.config import ConfigError
 from jmtl.metrics import bio_entities
 from jmtl.tasks import TaskKind, TaskSpec
 
-PREDICTABLE = (TaskKind.CLASSIFICATION, TaskKind.REGRESSION, TaskKind.TAGGING)
+PREDICTABLE = (TaskKind.CLASSIFICATION, TaskKind.REGRESSION, TaskKind.TAGGING,
+               TaskKind.MULTI_LABEL)
 FORMATS = {".txt": "text", ".jsonl": "jsonl", ".conll": "conll", ".conllu": "conll",
            ".bio": "conll", ".iob": "conll"}
 
@@ -206,6 +209,10 @@ class Predictor:
     names = spec.label_names or tuple(str(i) for i in range(spec.num_labels))
     if spec.kind == TaskKind.REGRESSION:
       return {"value": float(output)}
+    if spec.kind == TaskKind.MULTI_LABEL:  # one sigmoid per label, as the loss trains them
+      sigmoids = 1.0 / (1.0 + np.exp(-np.asarray(output, np.float64)))
+      return {"labels": [n for n, p in zip(names, sigmoids) if p > spec.threshold],
+              "probabilities": {n: float(p) for n, p in zip(names, sigmoids)}}
     probabilities = _softmax(np.asarray(output, np.float64))
     if spec.kind == TaskKind.CLASSIFICATION:
       return {"label": names[int(np.argmax(probabilities))],
