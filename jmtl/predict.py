@@ -7,6 +7,8 @@ tokenization and answers with label names, not ids:
 
 * classification: ``{"label": name, "probabilities": {name: p, ...}}``
 * regression: ``{"value": x}``
+* multi_label: ``{"labels": [names whose sigmoid exceeds the task's threshold],
+  "probabilities": {name: p, ...}}`` (independent per label, as trained)
 * tagging: ``{"tags": [one per input word], "scores": [...]}``, each word's tag read from
   its first sub-word (as training aligned them), plus ``"spans"`` (BIO entities) for tasks
   scored by span F1.
@@ -35,7 +37,8 @@ from jmtl.config import ConfigError
 from jmtl.metrics import bio_entities
 from jmtl.tasks import TaskKind, TaskSpec
 
-PREDICTABLE = (TaskKind.CLASSIFICATION, TaskKind.REGRESSION, TaskKind.TAGGING)
+PREDICTABLE = (TaskKind.CLASSIFICATION, TaskKind.REGRESSION, TaskKind.TAGGING,
+               TaskKind.MULTI_LABEL)
 FORMATS = {".txt": "text", ".jsonl": "jsonl", ".conll": "conll", ".conllu": "conll",
            ".bio": "conll", ".iob": "conll"}
 
@@ -90,15 +93,23 @@ class Predictor:
     """The model of ``workdir``'s newest (or ``step``'s, or best) checkpoint, with the
     tokenizer and label names of the suite it was trained on."""
     # Checkpoints (Orbax) and data (TFDS) load only when a model is: `import jmtl` stays light.
-    from jmtl.train import loop, transfer
+    from jmtl.config import config_from_dict
+    from jmtl.train import loop, runs, transfer
     from jmtl.train.checkpoint import CheckpointError
     saved = transfer.read_checkpoint(workdir, step, best)
-    config = transfer.saved_config(saved.config)
+    # run.json: the config the run was last started with (paths resolved); runs from before
+    # it have only the checkpoint's own copy.
+    config = (runs.load_run_config(saved.workdir) if runs.read_run(saved.workdir) is not None
+              else config_from_dict(saved.config))
     suite, tasks = loop.load_suite(config)
+    transfer.check_tokenizer(saved, runs.run_fingerprints(suite, [t.name for t in tasks]),
+                             where=f"the checkpoint at step {saved.step} in {saved.workdir}")
     model = loop.build_model(config, suite, tasks)
     dummy = {"input_ids": np.zeros((1, suite.max_len), np.int32),
              "attention_mask": np.ones((1, suite.max_len), np.int32),
              "token_type_ids": np.zeros((1, suite.max_len), np.int32)}
+    if model.layout == "multi_input":  # init reads the inputs of one task's batch
+      dummy = {model.names[0]: dummy}
     expected = jax.eval_shape(model.init, jax.random.PRNGKey(0), dummy)
     mismatched = transfer.shape_mismatches(saved.params, expected)
     if mismatched:
@@ -198,6 +209,10 @@ class Predictor:
     names = spec.label_names or tuple(str(i) for i in range(spec.num_labels))
     if spec.kind == TaskKind.REGRESSION:
       return {"value": float(output)}
+    if spec.kind == TaskKind.MULTI_LABEL:  # one sigmoid per label, as the loss trains them
+      sigmoids = 1.0 / (1.0 + np.exp(-np.asarray(output, np.float64)))
+      return {"labels": [n for n, p in zip(names, sigmoids) if p > spec.threshold],
+              "probabilities": {n: float(p) for n, p in zip(names, sigmoids)}}
     probabilities = _softmax(np.asarray(output, np.float64))
     if spec.kind == TaskKind.CLASSIFICATION:
       return {"label": names[int(np.argmax(probabilities))],

@@ -16,6 +16,7 @@ from tiny_suite import write_tiny_suite  # noqa: E402
 import jmtl  # noqa: E402
 from jmtl import cli  # noqa: E402
 from jmtl.config import ConfigError  # noqa: E402
+from jmtl.data import DataMismatchError  # noqa: E402
 from jmtl.metrics import bio_entities  # noqa: E402
 from jmtl.train import loop  # noqa: E402
 from jmtl.train.checkpoint import CheckpointError  # noqa: E402
@@ -182,3 +183,57 @@ def test_cli_bad_input_is_one_error_and_writes_nothing(run, tmp_path, capsys, ca
 def test_predictor_on_a_workdir_without_checkpoint(tmp_path):
   with pytest.raises(CheckpointError, match="no checkpoint in"):
     jmtl.Predictor.from_workdir(str(tmp_path))
+
+
+def test_predict_refuses_data_tokenized_otherwise_than_the_checkpoint(tmp_path, capsys):
+  """The run's saved config (run.json) names the suite; when its data now gives another
+  vocabulary (a train file gained new words), the tokenizer fingerprint the checkpoint
+  recorded differs: one clear error, exit 2 through the CLI, nothing written."""
+  suite = write_tiny_suite(str(tmp_path), seed=3)
+  config = tiny_config(suite, str(tmp_path / "data_dir"), steps=3, checkpoint_every=3)
+  workdir = str(tmp_path / "run")
+  loop.train_and_evaluate(config, workdir, out=open(os.devnull, "w"))
+  (tmp_path / "in.txt").write_text("the cat\n")
+  out = tmp_path / "out.jsonl"
+  args = ["predict", "--workdir", workdir, "--input", str(tmp_path / "in.txt"), "--output",
+          str(out), "--no_progress"]
+  assert cli.main(args) == 0 and out.exists()  # the matching data: predicts
+  out.unlink()
+  with open(tmp_path / "lm.train.txt", "a") as f:
+    f.write("zebra quokka wombat platypus\n" * 30)
+  with pytest.raises(DataMismatchError, match="the tokenizer changed"):
+    jmtl.Predictor.from_workdir(workdir)
+  capsys.readouterr()
+  assert cli.main(args) == cli.EXIT_ERROR == 2
+  err = capsys.readouterr().err
+  assert err.count("jmtl: error:") == 1 and "the tokenizer changed" in err
+  assert "Traceback" not in err and not out.exists()
+
+
+def test_multi_label_predicts_the_label_names_past_each_tasks_threshold(tmp_path):
+  sys.path.insert(0, os.path.join(os.path.dirname(__file__), "families"))
+  from generate import write_families
+  suite = write_families(str(tmp_path))["multi_label"]
+  config = tiny_config(suite, str(tmp_path / "data_dir"), steps=3, checkpoint_every=3)
+  workdir = str(tmp_path / "run")
+  loop.train_and_evaluate(config, workdir, out=open(os.devnull, "w"))
+  predictor = jmtl.Predictor.from_workdir(workdir)
+  records = predictor.predict(["the cat and the dog", "a bird", "nothing here"])
+  params = predictor.params
+  for record in records:
+    for name, threshold in (("animals_csv", 0.5), ("animals_jsonl", 0.4)):
+      spec = predictor.tasks[name]
+      assert spec.threshold == threshold
+      out = record["tasks"][name]
+      assert list(out["probabilities"]) == list(spec.label_names)
+      assert out["labels"] == [n for n, p in out["probabilities"].items() if p > threshold]
+      assert all(0.0 < p < 1.0 for p in out["probabilities"].values())
+  # The probabilities are the sigmoids of the model's own logits (float64 NumPy reference).
+  from jmtl.data import Row, collate
+  encoded = predictor.wordpiece.encode_words([records[0]["words"]])
+  batch = collate([Row(encoded[0].ids, encoded[0].type_ids, {})], batch_size=1,
+                  length=16, tasks=(), pad_id=predictor.wordpiece.pad_id)
+  logits = np.asarray(predictor._outputs(params, batch, ("animals_csv",))["animals_csv"][0],
+                      np.float64)
+  np.testing.assert_allclose(list(records[0]["tasks"]["animals_csv"]["probabilities"].values()),
+                             1 / (1 + np.exp(-logits)), rtol=1e-6)

@@ -41,6 +41,7 @@ class BertConfig:
   dropout: float = 0.1  # hidden_dropout_prob
   attention_dropout: float = 0.1  # attention_probs_dropout_prob
   pooling: str = "mean"
+  remat: bool = False  # recompute each layer's activations in the backward pass (less memory)
 
   def __post_init__(self):
     for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
@@ -137,8 +138,10 @@ class BertEncoder(nn.Module):
     # Key-side mask as in BERT: padded keys get a large negative score; padded queries still
     # attend to the real tokens, so their features stay finite and match the original.
     bias = jnp.where(mask, 0.0, jnp.finfo(x.dtype).min)[:, None, None, :].astype(x.dtype)
+    # `deterministic` (argument 3, counting self) is a Python bool: static under remat.
+    layer = nn.remat(BertLayer, static_argnums=(3,)) if cfg.remat else BertLayer
     for i in range(cfg.num_layers):
-      x = BertLayer(cfg, name=f"layer_{i}")(x, bias, deterministic)
+      x = layer(cfg, name=f"layer_{i}")(x, bias, deterministic)
     return x, self._pool(x, mask)
 
   def _pool(self, tokens, mask):

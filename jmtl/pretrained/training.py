@@ -9,6 +9,8 @@ run starts from its weights. ``model.encoder="transformer"`` keeps jmtl's own en
 
 from __future__ import annotations
 
+import dataclasses
+
 import functools
 import sys
 
@@ -72,12 +74,13 @@ def bert_config(config: ml_collections.ConfigDict, suite) -> BertConfig:
     if suite.vocab_size != model.config.vocab_size:
       raise ConfigError(f"the suite's tokenizer has {suite.vocab_size} tokens but "
                         f"model.pretrained has {model.config.vocab_size} embedding rows")
-    return model.config
+    return dataclasses.replace(model.config, remat=config.train.remat)
   try:
     return BertConfig(vocab_size=suite.vocab_size, hidden_size=m.width, num_layers=m.depth,
                       num_heads=m.num_heads, intermediate_size=m.mlp_width,
                       max_length=max(suite.buckets), dropout=m.dropout,
-                      attention_dropout=m.attention_dropout, pooling=m.pooling)
+                      attention_dropout=m.attention_dropout, pooling=m.pooling,
+                      remat=config.train.remat)
   except ValueError as e:
     raise ConfigError(f"model: {e}") from None
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any, Literal, NamedTuple
 
 import jax
+import jax.numpy as jnp
 from jax import lax
 
 from jmtl import gradients as grads_lib
@@ -87,9 +88,10 @@ def exact_jacobian(model: MultiTaskProtocol, balancer: Balancer, params, balance
 
 
 def gram(model: MultiTaskProtocol, balancer: Balancer, params, balancer_state, batch, rng, *,
-         axis_name=None, present=None, log_cosines=True) -> Balanced:
+         axis_name=None, present=None, log_cosines=True, table_frozen=False) -> Balanced:
   """G and one combination are all a Gram method needs, so the token table's per-task
-  gradients stay per-token rows: no ``[T, V, D]`` arrays (see ``jmtl.gradients._compact``)."""
+  gradients stay per-token rows: no ``[T, V, D]`` arrays (see ``jmtl.gradients._compact``).
+  A frozen table (``table_frozen``) adds nothing to G and gets a zero gradient."""
   path = token_table_path(model)
   if path is None:  # no declared table: the dense per-task gradients
     return exact_jacobian(model, balancer, params, balancer_state, batch, rng,
@@ -101,11 +103,13 @@ def gram(model: MultiTaskProtocol, balancer: Balancer, params, balancer_state, b
   rows, ids = task.token_rows, task.token_ids
   if axis_name is not None:  # the table's G needs every device's rows, merged per id
     rows, ids = grads_lib.gather_rows(rows, axis_name), grads_lib.gather_rows(ids, axis_name)
-  g = gram_matrix(task_grads) + grads_lib.token_table_gram(rows, ids, same_ids=same_ids)
+  g = gram_matrix(task_grads)
+  if not table_frozen:
+    g = g + grads_lib.token_table_gram(rows, ids, same_ids=same_ids)
   weights, state = balancer.weigh_gram(g, balancer_state, task_losses=losses, present=present)
   table, _ = grads_lib.split_token_table(params[model.shared_key], path)
-  table_grad = grads_lib.token_table_gradient(weights, task.token_rows, task.token_ids,
-                                              table.shape, same_ids=same_ids)
+  table_grad = (jnp.zeros_like(table) if table_frozen else grads_lib.token_table_gradient(
+      weights, task.token_rows, task.token_ids, table.shape, same_ids=same_ids))
   shared = grads_lib.with_token_table(weighted_sum(weights, task_grads),
                                       _psum(table_grad, axis_name), path)
   return Balanced(join_params(model, shared, _psum(task.heads, axis_name)), losses, state, g)

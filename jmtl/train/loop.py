@@ -197,10 +197,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   steps = config.train.steps
   iterator, restrict = train_iterator(config, suite, tasks)
   t = config.train
+  abstract_state = jax.eval_shape(experiment.create_state)
   step_fn = make_train_step(model, experiment.balancer, experiment.optimizer,
                             grad_mode=config.grad_mode, parallelism=t.parallelism,
-                            num_devices=t.num_devices or None, log_cosines=t.log_cosines)
-  abstract_state = jax.eval_shape(experiment.create_state)
+                            num_devices=t.num_devices or None, log_cosines=t.log_cosines,
+                            trainable=optim.trainable_mask(abstract_state.params, config))
   config_dict = json.loads(to_json(config))
   fingerprints = runs.run_fingerprints(suite, [tk.name for tk in tasks])
   best_value, best_mode = best_metric(t.best_metric, tasks)
@@ -212,7 +213,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     state = pretrained_training.with_pretrained_encoder(config, jax.jit(experiment.create_state)())
     start = 0
     if config.init_from:  # a fresh start only: a resumed run already holds these weights
-      state, origin = transfer.init_from(config, state, experiment.optimizer)
+      state, origin = transfer.init_from(config, state, experiment.optimizer, fingerprints,
+                                         workdir=workdir, allow_data_change=allow_data_change,
+                                         say=say)
       transfer.write_origin(workdir, origin)
       say(transfer.describe(origin))
   else:
@@ -233,7 +236,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   logger = MetricLogger(workdir, tensorboard=t.tensorboard, warn=say, resume_step=start,
                         final_step=steps)
   if origin is not None:
-    logger.write({"step": 0, "split": "init_from", **origin})
+    # origin["step"] is the source's step; the record sits at step 0, so a resume keeps it.
+    logger.write({"split": "init_from", **origin, "source_step": origin["step"], "step": 0})
   config_json = to_json(config)
   names = model.names
 

@@ -87,13 +87,15 @@ def make_train_step(model: MultiTaskProtocol, balancer: Balancer,
                     optimizer: optax.GradientTransformation, *, grad_mode: GradMode = "exact",
                     parallelism: Parallelism = "none", num_devices: int | None = None,
                     dropout: bool = True, log_cosines: bool = True,
-                    donate: bool = True) -> CompiledStep:
+                    donate: bool = True, trainable=None) -> CompiledStep:
   """A compiled, state-donating train step for the chosen parallel layout.
 
   ``model``: ``MultiTaskModel`` or any model implementing ``jmtl.models.protocol``.
+  ``trainable``: None, or a pytree of Python bools over the params (``optim.trainable_mask``),
+  static: frozen parameters are constants to the balancer and get zero gradients.
   """
   kwargs = dict(model=model, balancer=balancer, optimizer=optimizer, grad_mode=grad_mode,
-                dropout=dropout, log_cosines=log_cosines)
+                dropout=dropout, log_cosines=log_cosines, trainable=trainable)
   donate_argnums = (0,) if donate else ()
   if parallelism == "none":
     fn = jax.jit(functools.partial(train_step, **kwargs), donate_argnums=donate_argnums)

@@ -18,6 +18,8 @@ from jax import lax
 from jmtl.balancers import Balancer, applied_weights
 from jmtl.gradients import label_counts
 from jmtl.models.protocol import MultiTaskProtocol
+from jmtl.models.protocol import token_table_path
+from jmtl.train import grad_paths
 from jmtl.train.grad_paths import GradMode, path_for
 from jmtl.train.state import TrainState
 
@@ -29,24 +31,73 @@ def _cosines(gram: jax.Array) -> jax.Array:
   return gram / (norms[:, None] * norms[None, :])
 
 
+def _constants(params, trainable):
+  return jax.tree.map(lambda p, t: p if t else lax.stop_gradient(p), params, trainable)
+
+
+class _FrozenAsConstants:
+  """``model`` whose frozen leaves (``trainable`` False) are ``stop_gradient`` constants
+  inside ``encode`` and ``loss_sum``, where the gradient paths differentiate: their per-task
+  gradients are exact zeros, so they add nothing to G, cosines, projections or norms, and
+  the optimizer gets zero for them. Everything else is the model's own."""
+
+  def __init__(self, model: MultiTaskProtocol, trainable):
+    self._model, self._trainable = model, trainable
+
+  def __getattr__(self, name):
+    return getattr(self._model, name)
+
+  def encode(self, shared_params, batch, *args, **kwargs):
+    return self._model.encode(
+        _constants(shared_params, self._trainable[self._model.shared_key]), batch, *args,
+        **kwargs)
+
+  def loss_sum(self, name, task_params, representation, batch):
+    frozen = self._trainable[self._model.task_key][name]
+    return self._model.loss_sum(name, _constants(task_params, frozen), representation, batch)
+
+
+def _table_frozen(model: MultiTaskProtocol, trainable) -> bool:
+  path = token_table_path(model)
+  if trainable is None or path is None:
+    return False
+  node = trainable[model.shared_key]
+  for key in path:
+    node = node[key]
+  return not node
+
+
 def balanced_gradients(model: MultiTaskProtocol, balancer: Balancer, params, balancer_state,
                        batch, rng: jax.Array | None, *, grad_mode: GradMode = "exact",
-                       axis_name: str | None = None, log_cosines: bool = True):
+                       axis_name: str | None = None, log_cosines: bool = True,
+                       trainable=None):
   """Gradients of all params after balancing the shared ones.
 
+  ``trainable``: None (all trained) or a static pytree of bools over ``params``
+  (``optim.trainable_mask``); the balancer then sees only the trained parameters.
   Returns ``(grads, losses, new_balancer_state, gram_or_None)``; ``losses`` are the global
   per-task mean losses. A task with no labelled unit in the global batch is not present.
   """
   path = path_for(balancer.needs, grad_mode)
   present = label_counts(model, batch, axis_name) > 0
+  table_frozen = _table_frozen(model, trainable)
+  if trainable is not None and not all(jax.tree.leaves(trainable)):
+    model = _FrozenAsConstants(model, trainable)
+  # The compact Gram path reads the token table's per-task rows from the embedding lookup,
+  # not from the table parameter: a frozen table must be skipped there explicitly.
+  extra = {"table_frozen": table_frozen} if path is grad_paths.gram else {}
   return tuple(path(model, balancer, params, balancer_state, batch, rng, axis_name=axis_name,
-                    present=present, log_cosines=log_cosines))
+                    present=present, log_cosines=log_cosines, **extra))
 
 
 def train_step(state: TrainState, batch, *, model: MultiTaskProtocol, balancer: Balancer,
                optimizer: optax.GradientTransformation, grad_mode: GradMode = "exact",
-               axis_name: str | None = None, dropout: bool = True, log_cosines: bool = True):
+               axis_name: str | None = None, dropout: bool = True, log_cosines: bool = True,
+               trainable=None):
   """One optimisation step. Returns ``(new_state, metrics)``.
+
+  ``trainable``: a static pytree of bools over the params (``optim.trainable_mask``), or None;
+  frozen leaves get zero gradients and are invisible to the balancer.
 
   A step whose losses or gradients are not finite changes nothing but the step and
   ``nonfinite_steps`` counters, so a NaN never reaches the parameters (or a checkpoint).
@@ -56,7 +107,7 @@ def train_step(state: TrainState, batch, *, model: MultiTaskProtocol, balancer: 
     rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
   grads, losses, balancer_state, gram = balanced_gradients(
       model, balancer, state.params, state.balancer_state, batch, rng if dropout else None,
-      grad_mode=grad_mode, axis_name=axis_name, log_cosines=log_cosines)
+      grad_mode=grad_mode, axis_name=axis_name, log_cosines=log_cosines, trainable=trainable)
   penalty = getattr(model, "penalty", None)
   if penalty is not None:  # a regulariser of the params (soft sharing): added, never balanced
     grads = jax.tree.map(jnp.add, grads, jax.grad(penalty)(state.params))

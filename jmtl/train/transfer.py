@@ -7,15 +7,18 @@ mean other words); each head whose task name and shapes match is loaded, every o
 gets a fresh head; the optimizer and balancer start fresh. Where the run came from is written
 to ``<workdir>/init_from.json`` and to ``metrics.jsonl``.
 
-``read_checkpoint`` reads the parameters and saved config of any run (also used by
-``jmtl.predict``) without building that run's model or data: shapes come from the
-checkpoint's own metadata, and only ``params`` is restored.
+``read_checkpoint`` reads the parameters, saved config and data fingerprints of any run
+(also used by ``jmtl.predict``) without building that run's model or data: shapes come from
+the checkpoint's own metadata, and only ``params`` is restored. ``check_tokenizer`` compares
+the checkpoint's tokenizer fingerprint with the data about to be read: token ids from another
+vocabulary would mean other words (new tasks are fine, so only the tokenizer is compared).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -24,23 +27,24 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from jmtl.config import ConfigError, base_config
-from jmtl.train.checkpoint import CheckpointError
+from jmtl.config import ConfigError
+from jmtl.train import runs
+from jmtl.train.checkpoint import CheckpointError, Checkpoints
 from jmtl.train.optim import param_paths
 
 PyTree = Any
 ORIGIN_FILE = "init_from.json"
-# Config keys that decide what a token id means when the vocabulary is trained on the suite.
-SUITE_TOKENIZER_KEYS = ("data.suite", "data.vocab_size", "data.lowercase")
 
 
 class SavedRun(NamedTuple):
-  """A checkpoint's parameters (on one device) and the config it was trained with."""
+  """A checkpoint's parameters (on one device), the config it was trained with and the
+  fingerprints of its data (None for checkpoints that predate them)."""
   workdir: str
   step: int
   best: bool
   config: dict
   params: PyTree
+  fingerprints: dict[str, str] | None = None
 
 
 def _saved_steps(directory: str) -> list[int]:
@@ -83,28 +87,26 @@ def read_checkpoint(workdir: str, step: int | None = None, best: bool = False) -
     restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), target)
     restored = ocp.PyTreeCheckpointer().restore(state_path, args=ocp.args.PyTreeRestore(
         item={"params": target}, restore_args={"params": restore_args}, partial_restore=True))
+    checkpoints = Checkpoints(workdir, best_metric="best" if best else None, async_save=False)
+    try:
+      fingerprints = checkpoints.fingerprints(step, best=best)
+    finally:
+      checkpoints.close()
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise CheckpointError(f"checkpoint {path} is unreadable: {type(e).__name__}: "
                           f"{str(e)[:300]}") from None
-  return SavedRun(workdir, step, best, config, restored["params"])
+  return SavedRun(workdir, step, best, config, restored["params"], fingerprints)
 
 
-def saved_config(saved: dict) -> ml_collections.ConfigDict:
-  """A saved config JSON as a ConfigDict over today's defaults (keys added since default).
-
-  TODO(wt-run): swap for ``jmtl.train.runs.load_run_config`` once it lands.
-  """
-  config = base_config()
-
-  def merge(node: ml_collections.ConfigDict, values: dict) -> None:
-    for key, value in values.items():
-      if isinstance(value, dict) and isinstance(node.get(key), ml_collections.ConfigDict):
-        merge(node[key], value)
-      else:
-        node[key] = tuple(value) if isinstance(value, list) else value
-
-  merge(config, saved)
-  return config
+def check_tokenizer(saved: SavedRun, current: Mapping[str, str], *, where: str,
+                    workdir: str | None = None, allow_change: bool = False, say=print) -> None:
+  """Refuses data (``runs.run_fingerprints``) tokenized otherwise than ``saved``'s checkpoint
+  was: ``DataMismatchError`` unless ``allow_change`` (then recorded in ``workdir``)."""
+  if saved.fingerprints is None:
+    return
+  runs.check_data({"tokenizer": saved.fingerprints.get("tokenizer")},
+                  {"tokenizer": current.get("tokenizer")}, where=where, workdir=workdir,
+                  allow_change=allow_change, say=say)
 
 
 def parse_init_from(value: str) -> tuple[str, int | None, bool]:
@@ -118,23 +120,6 @@ def parse_init_from(value: str) -> tuple[str, int | None, bool]:
     return workdir, int(suffix), False
   raise ConfigError(f"init_from {value!r}: expected WORKDIR, WORKDIR:STEP or WORKDIR:best "
                     f"({suffix!r} is not a step number)")
-
-
-def _get(config: dict, dotted: str):
-  node = config
-  for part in dotted.split("."):
-    node = node.get(part) if isinstance(node, dict) else None
-  return node
-
-
-def tokenizer_mismatches(source: dict, current: dict) -> list[str]:
-  """Config keys whose values make the two runs' token ids mean different words."""
-  vocab = lambda c: os.path.abspath(_get(c, "data.vocab_file")) if _get(c, "data.vocab_file") else ""
-  keys = ("data.lowercase",) if vocab(source) and vocab(source) == vocab(current) else (
-      SUITE_TOKENIZER_KEYS + ("data.vocab_file",))
-  return [f"{key}: {_get(source, key)!r} there, {_get(current, key)!r} here" for key in keys
-          if json.dumps(_get(source, key), default=list) != json.dumps(_get(current, key),
-                                                                        default=list)]
 
 
 def _shapes(tree) -> dict[str, tuple[int, ...]]:
@@ -183,16 +168,19 @@ def transfer_params(source: SavedRun, params: PyTree, what: str) -> tuple[PyTree
   return {"encoder": cast(source.params["encoder"], params["encoder"]), "heads": heads}, report
 
 
-def init_from(config: ml_collections.ConfigDict, state, optimizer) -> tuple[Any, dict]:
-  """The fresh ``state`` with params from ``config.init_from``; a fresh optimizer state."""
-  workdir, step, best = parse_init_from(config.init_from)
-  source = read_checkpoint(workdir, step, best)
-  current = json.loads(json.dumps(config.to_dict(), default=list))
-  mismatched = tokenizer_mismatches(source.config, current)
-  if mismatched:
-    raise ConfigError(
-        f"init_from {config.init_from!r}: that run used another tokenizer, so its token ids "
-        "mean other words:\n  " + "\n  ".join(mismatched))
+def init_from(config: ml_collections.ConfigDict, state, optimizer,
+              fingerprints: Mapping[str, str], *, workdir: str | None = None,
+              allow_data_change: bool = False, say=print) -> tuple[Any, dict]:
+  """The fresh ``state`` with params from ``config.init_from``; a fresh optimizer state.
+
+  ``fingerprints`` are this run's data's (``runs.run_fingerprints``): the source checkpoint
+  must have been trained with the same tokenizer.
+  """
+  source_dir, step, best = parse_init_from(config.init_from)
+  source = read_checkpoint(source_dir, step, best)
+  check_tokenizer(source, fingerprints, where=f"init_from {config.init_from!r} (step "
+                  f"{source.step} of {source.workdir})", workdir=workdir,
+                  allow_change=allow_data_change, say=say)
   params, report = transfer_params(source, jax.device_get(state.params),
                                    f"init_from {config.init_from!r}")
   params = jax.device_put(params)

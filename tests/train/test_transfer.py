@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from jmtl.config import ConfigError
-from jmtl.train import loop, transfer
+from jmtl.data import DataMismatchError
+from jmtl.train import loop, runs, transfer
 from jmtl.train.checkpoint import CheckpointError
 from jmtl.train.optim import param_paths
 from test_loop import suite_path, tiny_config  # noqa: F401  (suite_path is a fixture)
@@ -37,7 +38,8 @@ def _fresh_and_transferred(config):
   experiment = loop.build_experiment(config)
   fresh = jax.jit(experiment.create_state)()
   fresh_params = _flat(fresh.params)
-  state, report = transfer.init_from(config, fresh, experiment.optimizer)
+  fingerprints = runs.run_fingerprints(experiment.suite, [t.name for t in experiment.tasks])
+  state, report = transfer.init_from(config, fresh, experiment.optimizer, fingerprints)
   return fresh_params, state, report
 
 
@@ -127,14 +129,38 @@ def test_encoder_of_another_shape_names_the_mismatched_parameters(suite_path, so
   assert not [d for d in os.listdir(tmp_path / "checkpoints")]  # nothing was saved
 
 
-def test_another_tokenizer_is_refused(suite_path, source, tmp_path):
+def test_another_tokenizer_is_refused_by_its_fingerprint(suite_path, source, tmp_path):
+  """Another tokenizer (here a cased one over the same suite) reads text into ids the source
+  never learned: its tokenizer fingerprint differs, so one clear error."""
   path, data_dir = suite_path
   config = tiny_config(path, data_dir)
-  config.data.vocab_size = 150
+  config.data.lowercase = False
   config.init_from = source
-  with pytest.raises(ConfigError, match=r"another tokenizer(.|\n)*data.vocab_size: 200 there, "
-                                        "150 here"):
+  with pytest.raises(DataMismatchError, match=r"init_from .*: data differs .*the tokenizer "
+                                              "changed"):
     loop.train_and_evaluate(config, str(tmp_path), **QUIET)
+  assert not os.listdir(tmp_path / "checkpoints")
+
+
+def test_cli_init_from_another_tokenizer_exits_2_and_same_tokenizer_with_new_task_runs(
+    suite_path, source, tmp_path, capsys):
+  from jmtl import cli
+  from test_cli import TINY_OVERRIDES
+  path, data_dir = suite_path
+  config = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "default.py")
+  common = ["--config", config, f"--config.data.suite={path}",
+            f"--config.data.data_dir={data_dir}", *TINY_OVERRIDES, f"--config.init_from={source}"]
+  code = cli.main(["train", "--workdir", str(tmp_path / "other"), *common,
+                   "--config.data.lowercase=False"])
+  err = capsys.readouterr().err
+  assert code == cli.EXIT_ERROR == 2 and err.count("jmtl: error:") == 1
+  assert "the tokenizer changed" in err and "Traceback" not in err
+  # The source's own tokenizer, with a task it never saw: allowed.
+  code = cli.main(["train", "--workdir", str(tmp_path / "same"), *common,
+                   "--config.data.tasks=('ner', 'topic', 'lm')", "--config.train.steps=3"])
+  assert code == 0, capsys.readouterr().err
+  origin = json.load(open(tmp_path / "same" / "init_from.json"))
+  assert origin["fresh_heads"] == {"lm": "new task"}
 
 
 def test_workdir_without_checkpoint_and_missing_step(suite_path, source, tmp_path):
