@@ -12,6 +12,12 @@ tokenization and answers with label names, not ids:
 * tagging: ``{"tags": [one per input word], "scores": [...]}``, each word's tag read from
   its first sub-word (as training aligned them), plus ``"spans"`` (BIO entities) for tasks
   scored by span F1.
+* span_qa (input ``(question, context)`` pairs): ``{"answer": text, "score": start + end
+  logit, "no_answer": bool}``; the context is read in the windows training built
+  (``make_windows`` with the source's ``doc_stride`` / ``max_query_len``) and decoded as
+  evaluation does (``jmtl.squad.decode`` with ``max_answer_length`` and ``null_threshold``;
+  an unset ``null_threshold`` is 0 when the run's data has unanswerable questions, as at
+  evaluation, else the model always answers).
 
 Raw text is split into words by the tokenizer's own pre-tokenizer (whitespace and
 punctuation), so tags align with words the user can see; CoNLL input keeps the given words.
@@ -38,7 +44,7 @@ from jmtl.metrics import bio_entities
 from jmtl.tasks import TaskKind, TaskSpec
 
 PREDICTABLE = (TaskKind.CLASSIFICATION, TaskKind.REGRESSION, TaskKind.TAGGING,
-               TaskKind.MULTI_LABEL)
+               TaskKind.MULTI_LABEL, TaskKind.SPAN_QA)
 FORMATS = {".txt": "text", ".jsonl": "jsonl", ".conll": "conll", ".conllu": "conll",
            ".bio": "conll", ".iob": "conll"}
 
@@ -75,7 +81,8 @@ class Predictor:
   """A trained model, its tokenizer and its tasks, ready to label new text."""
 
   def __init__(self, model, params, tokenizer, tasks: Sequence[TaskSpec], *, max_len: int,
-               buckets: Sequence[int], batch_size: int = 64, source: dict | None = None):
+               buckets: Sequence[int], batch_size: int = 64, source: dict | None = None,
+               qa_options: dict[str, dict] | None = None):
     from jmtl.data import tokenize  # data pulls in TFDS: only when a Predictor is made
     self.model = model
     self.params = params
@@ -85,6 +92,8 @@ class Predictor:
     self.buckets = tuple(buckets)
     self.batch_size = batch_size
     self.source = source or {}
+    # span_qa task -> doc_stride, max_query_len, max_answer_length, null_threshold.
+    self.qa_options = qa_options or {}
     self._forward = jax.jit(self._outputs, static_argnames="names")
 
   @classmethod
@@ -118,7 +127,8 @@ class Predictor:
           "saved config builds:\n  " + "\n  ".join(mismatched[:20]))
     return cls(model, saved.params, suite.tokenizer, tasks, max_len=suite.max_len,
                buckets=suite.buckets, batch_size=batch_size or config.data.eval_batch_size,
-               source={"workdir": saved.workdir, "step": saved.step, "best": saved.best})
+               source={"workdir": saved.workdir, "step": saved.step, "best": saved.best},
+               qa_options=_qa_options(suite))
 
   def _outputs(self, params, batch, names):
     features = self.model.encode(params["encoder"], batch)
@@ -127,8 +137,7 @@ class Predictor:
 
   def select_tasks(self, tasks: Sequence[str] | None, pairs: bool) -> tuple[str, ...]:
     if not tasks:
-      return tuple(n for n, t in self.tasks.items()
-                   if t.kind in PREDICTABLE and not (pairs and t.token_level))
+      return tuple(n for n, t in self.tasks.items() if _fits(t, pairs))
     unknown = [n for n in tasks if n not in self.tasks]
     if unknown:
       raise ConfigError(f"tasks {unknown}: not tasks of this model; its tasks: "
@@ -138,8 +147,10 @@ class Predictor:
       if spec.kind not in PREDICTABLE:
         raise ConfigError(f"task {name!r}: predicting a {spec.kind} task is not supported "
                           f"(only {', '.join(PREDICTABLE)})")
-      if pairs and spec.token_level:
+      if pairs and spec.token_level and spec.kind != TaskKind.SPAN_QA:
         raise ConfigError(f"task {name!r} tags words, but the input holds text pairs")
+      if not pairs and spec.kind == TaskKind.SPAN_QA:
+        raise ConfigError(f"task {name!r} answers questions: give (question, context) pairs")
     return tuple(tasks)
 
   def _example(self, item) -> Example:
@@ -164,6 +175,8 @@ class Predictor:
     if pairs and not all(e.pair is not None for e in examples):
       raise ConfigError("inputs mix text pairs and single texts: predict them separately")
     names = self.select_tasks(tasks, pairs)
+    qa_names = tuple(n for n in names if self.tasks[n].kind == TaskKind.SPAN_QA)
+    names = tuple(n for n in names if n not in qa_names)
     records = []
     with tqdm(total=len(examples), disable=not progress, unit="input", file=sys.stderr,
               dynamic_ncols=True) as bar:
@@ -171,6 +184,12 @@ class Predictor:
         chunk = examples[start:start + self.batch_size]
         records.extend(self._predict_batch(chunk, names, first_index=start))
         bar.update(len(chunk))
+    for name in qa_names:  # windows over whole contexts: never truncated by max_len
+      for record, answer in zip(records, self._answer(examples, name)):
+        record["tasks"][name] = answer
+    if qa_names and not names:
+      for record in records:
+        record["truncated"] = False
     result = Predictions(records, self.wordpiece.max_len)
     if result.truncated and warn_truncated:
       warnings.warn(result.summary(), stacklevel=2)
@@ -180,6 +199,39 @@ class Predictor:
     if chunk[0].pair is not None:
       return self.wordpiece.encode_texts([e.text for e in chunk], [e.pair for e in chunk])
     return self.wordpiece.encode_words([e.words for e in chunk])
+
+  def _answer(self, examples: list[Example], name: str) -> list[dict]:
+    """One span_qa task's answer per (question, context), decoded over all its windows."""
+    from jmtl import squad
+    from jmtl.data import Row, bucket_length, collate
+    from jmtl.data.feed.windows import make_windows
+    if name not in self.qa_options:
+      raise ConfigError(f"task {name!r}: no qa_options (doc_stride, max_query_len, ...) given; "
+                        "use Predictor.from_workdir")
+    options = self.qa_options[name]
+    rows = make_windows(self.wordpiece, [e.text for e in examples], [e.pair for e in examples],
+                        [None] * len(examples), doc_stride=options.get("doc_stride"),
+                        max_query_len=options["max_query_len"])
+    # Rows are padded to max_len with -inf; decode reads each window's own width only.
+    starts = np.full((len(rows.ids), self.wordpiece.max_len), -np.inf)
+    ends = starts.copy()
+    for first in range(0, len(rows.ids), self.batch_size):
+      chunk = [Row(i, t, {}) for i, t in zip(rows.ids[first:first + self.batch_size],
+                                              rows.type_ids[first:first + self.batch_size])]
+      length = bucket_length(max(len(r.ids) for r in chunk), self.buckets)
+      batch = collate(chunk, batch_size=self.batch_size, length=length, tasks=(),
+                      pad_id=self.wordpiece.pad_id)
+      out = np.asarray(jax.device_get(self._forward(self.params, batch, (name,))[name]))
+      for r, row in enumerate(chunk):
+        starts[first + r, :len(row.ids)] = out[r, :len(row.ids), 0]
+        ends[first + r, :len(row.ids)] = out[r, :len(row.ids), 1]
+    windows = [squad.Window(int(q), s, e)
+               for q, s, e in zip(rows.question, rows.char_starts, rows.char_ends)]
+    answers = squad.decode(starts, ends, windows, [e.pair for e in examples],
+                           max_answer_length=options["max_answer_length"],
+                           null_threshold=options["null_threshold"])
+    return [{"answer": a.text, "score": float(a.score) if np.isfinite(a.score) else None,
+             "no_answer": not a.text} for a in answers]
 
   def _predict_batch(self, chunk: list[Example], names, first_index: int) -> list[dict]:
     from jmtl.data import Row, bucket_length, collate
@@ -242,6 +294,37 @@ class Predictor:
     return span
 
 
+def _fits(spec: TaskSpec, pairs: bool) -> bool:
+  """Whether ``spec`` predicts on these inputs: QA on (question, context) pairs only, word
+  tagging on single texts only."""
+  if spec.kind == TaskKind.SPAN_QA:
+    return pairs
+  return spec.kind in PREDICTABLE and not (pairs and spec.token_level)
+
+
+def _qa_options(suite) -> dict[str, dict]:
+  """Each span_qa task's windowing and decoding options, as its source trained them."""
+  from jmtl.data.feed.encode import default_max_query_len
+  from jmtl.data import tokenize
+  options = {}
+  for source in suite.sources:
+    for task in source.tasks:
+      if task.kind != TaskKind.SPAN_QA:
+        continue
+      threshold = source.config.option("null_threshold")
+      golds = [g for split in source.splits.values() if "golds" in split.qa
+               for g in split.qa["golds"]]
+      if threshold is None and any(not json.loads(str(g)) for g in golds):
+        threshold = 0.0  # the data has unanswerable questions: evaluation's default margin
+      options[task.name] = {
+          "doc_stride": source.config.option("doc_stride"),
+          "max_query_len": default_max_query_len(
+              source.config, tokenize.WordPiece(suite.tokenizer, suite.max_len)),
+          "max_answer_length": source.config.option("max_answer_length") or 30,
+          "null_threshold": threshold}
+  return options
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
   shifted = logits - logits.max(axis=-1, keepdims=True)
   exp = np.exp(shifted)
@@ -255,7 +338,7 @@ def input_format(path: str, explicit: str | None = None) -> str:
   if extension not in FORMATS:
     raise _data_error(
         f"input {path}: unknown format {extension or '(no extension)'!r}; use .txt (one text "
-        "per line), .jsonl (a 'text' field, or 'text' + 'text_pair', or 'tokens') or .conll "
+        "per line), .jsonl (a 'text' field, or 'text' + 'text_pair', 'question' + 'context', or 'tokens') or .conll "
         "(one token per line in the first column, a blank line between sentences), or pass "
         "--format text|jsonl|conll")
   return FORMATS[extension]
@@ -299,6 +382,8 @@ def _jsonl_item(path: str, number: int, line: str):
     raise _data_error(f"input {path} line {number}: invalid JSON: {e.msg}") from None
   if not isinstance(item, dict):
     raise _data_error(f"input {path} line {number}: expected a JSON object")
+  if isinstance(item.get("question"), str) and isinstance(item.get("context"), str):
+    return (item["question"], item["context"])
   if isinstance(item.get("tokens"), list):
     return [str(w) for w in item["tokens"]]
   if not isinstance(item.get("text"), str):

@@ -237,3 +237,51 @@ def test_multi_label_predicts_the_label_names_past_each_tasks_threshold(tmp_path
                       np.float64)
   np.testing.assert_allclose(list(records[0]["tasks"]["animals_csv"]["probabilities"].values()),
                              1 / (1 + np.exp(-logits)), rtol=1e-6)
+
+
+def _squad_questions(path):
+  """(question, context) pairs and gold answer texts of a SQuAD file, in file order."""
+  with open(path) as f:
+    data = json.load(f)["data"]
+  pairs, golds, ids = [], [], []
+  for article in data:
+    for paragraph in article["paragraphs"]:
+      for qa in paragraph["qas"]:
+        pairs.append((qa["question"], paragraph["context"]))
+        golds.append([a["text"] for a in qa["answers"]])
+        ids.append(qa["id"])
+  return pairs, golds, ids
+
+
+def test_span_qa_answers_score_as_the_runs_own_evaluation(tmp_path):
+  sys.path.insert(0, os.path.join(os.path.dirname(__file__), "families"))
+  from generate import write_families
+  from jmtl import squad
+  from jmtl.train import qa_eval
+  root = str(tmp_path)
+  suite = write_families(root)["qa"]
+  config = tiny_config(suite, str(tmp_path / "data_dir"), steps=20, checkpoint_every=20)
+  config.optimizer.learning_rate = 3e-3
+  workdir = str(tmp_path / "run")
+  loop.train_and_evaluate(config, workdir, out=open(os.devnull, "w"))
+  predictor = jmtl.Predictor.from_workdir(workdir)
+  assert predictor.qa_options["qa"]["doc_stride"] == 4
+  assert predictor.qa_options["qa"]["null_threshold"] == 0.0  # v2.0 data, as evaluation uses
+  pairs, golds, ids = _squad_questions(os.path.join(root, "squad.validation.json"))
+  records = predictor.predict(pairs)
+  answers = [r["tasks"]["qa"] for r in records]
+  for answer, (_, context) in zip(answers, pairs):
+    assert set(answer) == {"answer", "score", "no_answer"}
+    assert answer["no_answer"] == (answer["answer"] == "")
+    assert answer["answer"] in context
+  # The same EM/F1 as evaluation's own decoding of the suite's encoded validation windows.
+  scores = squad.squad_scores({i: a["answer"] for i, a in zip(ids, answers)},
+                              dict(zip(ids, golds)))
+  model_suite, tasks = loop.load_suite(config)
+  model = loop.build_model(config, model_suite, tasks)
+  reference = qa_eval.answer_scores(model, predictor.params, model_suite, "validation", 16)["qa"]
+  assert scores["exact_match"] == pytest.approx(reference["exact_match"], abs=1e-9)
+  assert scores["f1"] == pytest.approx(reference["f1"], abs=1e-9)
+  # Only pairs reach a QA task.
+  with pytest.raises(ConfigError, match="question"):
+    predictor.predict(["what colour"], tasks=["qa"])

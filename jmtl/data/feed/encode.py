@@ -190,6 +190,11 @@ def encode_records(records: list[dict[str, Any]], source: SourceConfig,
                       truncated=np.array([e.truncated for e in encoded], bool))
 
 
+def default_max_query_len(source: SourceConfig, wordpiece: tokenize.WordPiece) -> int:
+  """The source's ``max_query_len``, or a quarter of ``max_len`` (at most 64 tokens)."""
+  return source.option("max_query_len") or max(1, min(64, wordpiece.max_len // 4))
+
+
 def encode_questions(records: list[dict[str, Any]], source: SourceConfig,
                      wordpiece: tokenize.WordPiece) -> EncodedSplit:
   """Questions with their contexts as window rows labelled with (start, end) tokens."""
@@ -197,7 +202,7 @@ def encode_questions(records: list[dict[str, Any]], source: SourceConfig,
   values = [r[task.name] for r in records]
   answers = [(int(v["starts"][0]), int(v["starts"][0]) + len(_text(v["texts"][0])))
              if len(v["texts"]) else None for v in values]
-  max_query_len = source.option("max_query_len") or max(1, min(64, wordpiece.max_len // 4))
+  max_query_len = default_max_query_len(source, wordpiece)
   try:
     rows = windows.make_windows(wordpiece, [r["text"] for r in records],
                                 [r["text_pair"] for r in records], answers,
