@@ -1,5 +1,7 @@
-"""Every task family end to end through ``jmtl train`` on generated data (tiny model)."""
+"""Every task family end to end through ``jmtl train`` and ``jmtl predict`` on generated data
+(tiny model); predictions are checked against the run's own evaluation and decision rules."""
 
+import json
 import os
 import subprocess
 import sys
@@ -35,6 +37,20 @@ def train(families, family, tmp_path, steps=6, *extra):
   return out.stdout
 
 
+def predict(tmp_path, family, records, *extra):
+  """``jmtl predict`` on the trained ``family`` workdir over jsonl ``records``."""
+  source, target = tmp_path / f"{family}.in.jsonl", tmp_path / f"{family}.out.jsonl"
+  source.write_text("".join(json.dumps(r) + "\n" for r in records))
+  out = subprocess.run(
+      [sys.executable, "-m", "jmtl.cli", "predict", "--workdir", str(tmp_path / family),
+       "--input", str(source), "--output", str(target), "--no_progress", *extra],
+      capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  predictions = [json.loads(line) for line in target.read_text().splitlines()]
+  assert [p["index"] for p in predictions] == list(range(len(records)))
+  return predictions
+
+
 def metric(stdout, task, name):
   """A task's value of metric ``name`` in the final validation table."""
   table = stdout[stdout.rindex("validation at step"):].splitlines()
@@ -51,6 +67,22 @@ def test_extractive_qa_trains_and_scores_answer_text(families, tmp_path):
   assert metric(stdout, "qa", "best_f1") >= f1 - 1e-4
   # Half the questions are unanswerable; predicting "" for all scores 0.5, so learning shows.
   print(stdout[stdout.rindex("validation at step"):])
+  # `jmtl predict` on the validation questions scores what evaluation reported.
+  from jmtl import squad
+  paths, _ = families
+  with open(os.path.join(os.path.dirname(paths["qa"]), "squad.validation.json")) as f:
+    questions = [(qa, p["context"]) for a in json.load(f)["data"] for p in a["paragraphs"]
+                 for qa in p["qas"]]
+  answers = predict(tmp_path, "qa", [{"question": qa["question"], "context": context}
+                                     for qa, context in questions])
+  for answer, (_, context) in zip(answers, questions):
+    out = answer["tasks"]["qa"]
+    assert out["answer"] in context and out["no_answer"] == (out["answer"] == "")
+  scores = squad.squad_scores(
+      {qa["id"]: a["tasks"]["qa"]["answer"] for a, (qa, _) in zip(answers, questions)},
+      {qa["id"]: [g["text"] for g in qa["answers"]] for qa, _ in questions})
+  assert scores["exact_match"] == pytest.approx(em, abs=1e-3)
+  assert scores["f1"] == pytest.approx(f1, abs=1e-3)
 
 
 def test_multi_label_csv_and_jsonl_train(families, tmp_path):
@@ -61,12 +93,26 @@ def test_multi_label_csv_and_jsonl_train(families, tmp_path):
   assert 0.05 <= metric(stdout, "animals_csv", "best_threshold") <= 0.95
   assert metric(stdout, "animals_csv", "tuned_micro_f1") >= metric(stdout, "animals_csv",
                                                                    "micro_f1")
+  texts = ["the cat and the dog", "a bird sat", "nothing here at all"]
+  for record in predict(tmp_path, "multi_label", [{"text": t} for t in texts]):
+    for task, threshold in (("animals_csv", 0.5), ("animals_jsonl", 0.4)):
+      out = record["tasks"][task]
+      assert out["labels"] == [n for n, p in out["probabilities"].items() if p > threshold]
+      assert all(0.0 < p < 1.0 for p in out["probabilities"].values())
 
 
 def test_pair_classification_and_pair_regression_train(families, tmp_path):
   stdout = train(families, "pairs", tmp_path, 10)
   assert 0.0 <= metric(stdout, "nli", "accuracy") <= 1.0
   assert -1.0 <= metric(stdout, "sts", "spearman") <= 1.0
+  pairs = [{"text": "the cat sleeps", "text_pair": "a cat runs"},
+           {"text": "the dog eats", "text_pair": "the bird sings"}]
+  for record in predict(tmp_path, "pairs", pairs):
+    nli, sts = record["tasks"]["nli"], record["tasks"]["sts"]
+    probabilities = nli["probabilities"]
+    assert nli["label"] == max(probabilities, key=probabilities.get)
+    assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-6)
+    assert sts["value"] == sts["value"]  # a number, not NaN
 
 
 def test_same_input_class_intensity_and_topic_columns_train(families, tmp_path):
