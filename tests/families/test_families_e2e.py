@@ -125,6 +125,13 @@ def test_same_input_class_intensity_and_topic_columns_train(families, tmp_path):
 def test_relation_classification_trains(families, tmp_path):
   stdout = train(families, "relations", tmp_path, 10)
   assert 0.0 <= metric(stdout, "relation", "accuracy") <= 1.0
+  # At prediction the user marks the entities in the text, as training's data builder did.
+  texts = ["big old red the <e1>cat</e1> chases the <e2>dog</e2> now here",
+           "the <e1>bird</e1> sees the <e2>fox</e2>"]
+  for record in predict(tmp_path, "relations", [{"text": t} for t in texts]):
+    out = record["tasks"]["relation"]
+    assert set(out["probabilities"]) == {"chase", "see", "follow"}
+    assert out["label"] == max(out["probabilities"], key=out["probabilities"].get)
 
 
 def test_every_family_in_one_multi_task_suite(families, tmp_path):
