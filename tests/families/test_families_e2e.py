@@ -120,6 +120,16 @@ def test_same_input_class_intensity_and_topic_columns_train(families, tmp_path):
   assert 0.0 <= metric(stdout, "polarity", "accuracy") <= 1.0
   assert -1.0 <= metric(stdout, "intensity", "pearson") <= 1.0
   assert 0.0 <= metric(stdout, "topic", "accuracy") <= 1.0
+  # One text gets all three answers from one forward: two label names and one value.
+  texts = ["a great film about the sea", "a dull book about war"]
+  for record in predict(tmp_path, "same_input", [{"text": t} for t in texts]):
+    tasks = record["tasks"]
+    assert set(tasks) == {"polarity", "intensity", "topic"}
+    for name in ("polarity", "topic"):
+      probabilities = tasks[name]["probabilities"]
+      assert tasks[name]["label"] == max(probabilities, key=probabilities.get)
+      assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-6)
+    assert tasks["intensity"]["value"] == tasks["intensity"]["value"]  # a number, not NaN
 
 
 def test_relation_classification_trains(families, tmp_path):
