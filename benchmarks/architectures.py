@@ -27,7 +27,6 @@ from benchmarks import _common
 from jmtl.config import base_config
 from jmtl.models import architectures, count_params
 from jmtl.train import loop
-from jmtl.train.baselines import train_single_task_baselines
 from jmtl.train.parallel import make_train_step
 
 
@@ -83,7 +82,7 @@ def run_suite(suite: str, args, workdir: pathlib.Path, out) -> list[dict]:
   config = suite_config(suite, args.steps, args)
   single = copy.deepcopy(config)
   single.single_task = True
-  baseline_runs = train_single_task_baselines(single, str(workdir / "baselines"), out=out)
+  baseline_runs = loop.train_and_evaluate(single, str(workdir / "baselines"), out=out)
   baselines_path = workdir / "baselines" / "baselines.json"
   config.baselines = str(baselines_path)
   configs = {name: with_architecture(config, name) for name in args.architectures}
