@@ -91,8 +91,11 @@ def prepare_lines(suite, manifest: Mapping[str, Any], min_count: int) -> list[st
           f"{split} {cut[split]}/{sizes[split]}" for split in SPLITS if split in cut))
     empty = entries[spec.name].get("empty_label_lists", {}).get(spec.name, {})
     if any(empty.values()):
+      first = entries[spec.name].get("empty_label_first", {}).get(spec.name, {})
       warnings.append(f"{spec.name}: examples with an empty label list (kept: no label "
-                      "applies): " + ", ".join(f"{s} {n}" for s, n in empty.items() if n))
+                      "applies): " + ", ".join(
+                          f"{s} {n}" + (f" (first at {first[s]})" if s in first else "")
+                          for s, n in empty.items() if n))
     counts = entries[spec.name].get("label_counts", {}).get(spec.name)
     if not spec.label_names:
       continue

@@ -79,7 +79,9 @@ def test_multi_label_csv_multi_hot_and_empty_lists_are_counted(write, data_dir, 
   path = write("train.csv", "text,tags\na cat,cat\na dog and a cat,cat|dog\nnothing,\n"
                "an owl,owl\n")
   data.prepare(ml_suite(path), data_dir, log=log)
-  assert any("empty label list" in line and "train 1" in line for line in log)
+  # Named by file and line: "nothing," is line 4 of the file (the header is line 1).
+  assert any("empty label list" in line and f"train 1 (first at {path}:4)" in line
+             for line in log), log
   suite = data.load_suite(ml_suite(path), data_dir, vocab_size=60, log=log)
   (spec,) = suite.tasks
   assert spec.label_names == ("cat", "dog", "owl")

@@ -203,6 +203,16 @@ def _record(source: SourceConfig, example: Example, has_pair: bool) -> dict[str,
   return record
 
 
+def _first_empty(task: str, by_split: dict[str, list[Example]]) -> dict[str, str]:
+  """Per split, ``file:line`` of the first example whose label list is empty (for the report)."""
+  first = {}
+  for split, examples in by_split.items():
+    empty = next((e for e in examples if not e.values[task]), None)
+    if empty is not None:
+      first[split] = f"{empty.file}:{empty.line}" if empty.line is not None else str(empty.file)
+  return first
+
+
 def build_source(source: SourceConfig, data_dir: Path,
                  by_split: dict[str, list[Example]] | None = None) -> dict[str, Any]:
   """Reads, checks and writes one source as a TFDS array_record dataset.
@@ -238,5 +248,7 @@ def build_source(source: SourceConfig, data_dir: Path,
           "labels": labels, "label_counts": label_counts,
           "empty_label_lists": {t.name: {split: sum(not e.values[t.name] for e in examples)
                                          for split, examples in by_split.items()}
+                                for t in source.tasks if t.kind == TaskKind.MULTI_LABEL},
+          "empty_label_first": {t.name: _first_empty(t.name, by_split)
                                 for t in source.tasks if t.kind == TaskKind.MULTI_LABEL},
           "sizes": {split: len(e) for split, e in by_split.items()}}
