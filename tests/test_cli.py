@@ -67,7 +67,7 @@ def test_train_then_eval(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--config.balancer.name=pcgrads"], "unknown balancer 'pcgrads'.*Did you mean 'pcgrad'.*Valid names:.*mgda"),
+    (["--config.balancer.name=pcgrads"], "unknown balancer 'pcgrads'.*did you mean 'pcgrad'.*Valid names:.*mgda"),
     (["--config.balancer.name=gradnorm", "--config.balancer.alpah=1"], "gradnorm.*does not take.*alpah.*alpha"),
     (["--config.train.stepz=3"], "unknown config key 'train.stepz'"),
     (["--config.data.suite=/nonexistent/suite.json"], "suite file /nonexistent/suite.json: does not exist"),

@@ -7,11 +7,11 @@ it, leaves absent tasks out of balancing the same way.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import inspect
 from collections.abc import Callable
 
+from jmtl.names import unknown
 from jmtl.balancers._base import Balancer
 from jmtl.balancers._base import Needs
 from jmtl.balancers._presence import with_presence
@@ -78,9 +78,7 @@ def info(name: str) -> MethodInfo:
 
 def _known(name: str) -> str:
   if name not in _REGISTRY:
-    close = difflib.get_close_matches(name, _REGISTRY, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise KeyError(f"unknown balancer {name!r}.{hint} Valid names: {', '.join(names())}")
+    raise KeyError(unknown("balancer", name, names()))
   return name
 
 

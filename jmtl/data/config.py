@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
-import difflib
 import hashlib
 import json
 import os
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from jmtl.data.errors import DataError
+from jmtl.names import nearest
 from jmtl.tasks import TaskKind, valid_metrics
 
 SPLITS = ("train", "validation", "test")
@@ -141,8 +141,8 @@ def _check_keys(mapping: Mapping, allowed: set[str], where: str,
   for key in sorted(set(mapping) - allowed, key=str):
     if elsewhere and key in elsewhere:
       raise DataError(f"{where}.{key}: {elsewhere[key]}")
-    close = difflib.get_close_matches(str(key), sorted(allowed), n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(sorted(allowed))}"
+    close = nearest(key, sorted(allowed))
+    hint = f"did you mean {close!r}?" if close else f"allowed: {', '.join(sorted(allowed))}"
     raise DataError(f"{where}.{key}: unknown key; {hint}")
 
 

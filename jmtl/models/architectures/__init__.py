@@ -28,9 +28,9 @@ shared encoder, like ``hard``) uses the full encoder.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from typing import Callable
 
+from jmtl import names
 from jmtl.models.architectures.common import Architecture, light_encoder
 from jmtl.models.architectures.cross_stitch import CrossStitch
 from jmtl.models.architectures.dselect import DSelectK
@@ -82,9 +82,7 @@ NAMES: tuple[str, ...] = tuple(_BUILDERS)
 
 def check_name(name: str) -> str:
   if name not in _BUILDERS:
-    close = difflib.get_close_matches(name, NAMES, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"unknown architecture {name!r}{hint} Known: {', '.join(NAMES)}")
+    raise ValueError(names.unknown("architecture", name, NAMES))
   return name
 
 
