@@ -18,8 +18,10 @@ from tiny_model import TINY, make_batch
 
 TASKS = (TaskSpec("topic", "classification", 3), TaskSpec("pos", "tagging", 5),
          TaskSpec("score", "regression"))
+# No DSelect-k entropy term here: these tests compare updates with task-loss gradients alone
+# (the term is tested in test_architecture_private.py).
 OPTIONS = architectures.Options(expert_width=8, expert_depth=1, num_experts=3, dselect_k=2,
-                                ple_layers=2, soft_strength=0.5)
+                                ple_layers=2, soft_strength=0.5, dselect_entropy=0.0)
 GATED = ("mmoe", "cgc", "ple", "dselect_k")
 
 
