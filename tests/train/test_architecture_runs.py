@@ -107,7 +107,6 @@ SCRIPT = textwrap.dedent("""
     optimizer = optax.sgd(0.1, momentum=0.9)
     flat = lambda state: np.concatenate(
         [np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(state.params)]).tolist()
-    results = {{}}
     for name, layout, method, grad_mode in {cases!r}:
       model = architectures.build(name, TINY, tasks, head_hidden=8, layout=layout,
                                   options=options)
@@ -142,8 +141,7 @@ SCRIPT = textwrap.dedent("""
               for x, y in zip(jax.tree.leaves(resumed), jax.tree.leaves(state)))
           out["aux_loss"] = float(metrics.get("aux_loss", -1.0))
       out["devices"] = len(jax.devices())
-      results[name] = out
-    print("RESULT" + json.dumps(results))
+      print("RESULT" + json.dumps({{name: out}}), flush=True)  # one line per architecture
 """)
 
 
@@ -156,7 +154,10 @@ def test_every_architecture_resumes_exactly_and_pmap_and_sharded_match_one_devic
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                        timeout=900)
   assert out.returncode == 0, out.stderr[-4000:]
-  results = json.loads(next(l for l in out.stdout.splitlines() if l.startswith("RESULT"))[6:])
+  results = {}
+  for line in out.stdout.splitlines():
+    if line.startswith("RESULT"):
+      results.update(json.loads(line[len("RESULT"):]))
   assert sorted(results) == sorted(case[0] for case in CASES)
   assert {c[0] for c in CASES} | {"hard"} == set(architectures.NAMES)
   for name, final in results.items():
