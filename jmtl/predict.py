@@ -131,8 +131,9 @@ class Predictor:
                qa_options=_qa_options(suite))
 
   def _outputs(self, params, batch, names):
-    features = self.model.encode(params["encoder"], batch)
-    return {name: self.model.head(self.tasks[name], params["heads"][name], features)
+    model = self.model  # any architecture: its shared / private subtrees, as evaluation
+    features = model.encode(params[model.shared_key], batch)
+    return {name: model.head(self.tasks[name], params[model.task_key][name], features, batch)
             for name in names}
 
   def select_tasks(self, tasks: Sequence[str] | None, pairs: bool) -> tuple[str, ...]:

@@ -16,6 +16,8 @@ What a balancer needs, computed for any model that implements the model protocol
   per-task gradients.
 * ``*_compact_jacobian``: the exact per-task gradients with the token table's part kept as
   per-token rows (see ``_compact``), for Gram methods.
+* ``aux_loss_grads``: the model's auxiliary losses (protocol ``aux_loss_sum``) and their
+  gradient, which the step adds outside the balancer.
 
 Which of these a train step uses is chosen in one table, ``jmtl.train.grad_paths.PATHS``.
 """
@@ -29,6 +31,7 @@ from jmtl.gradients._compact import token_table_gradient
 from jmtl.gradients._compact import token_table_gram
 from jmtl.gradients._compact import with_token_table
 from jmtl.gradients._task import RepresentationGradients
+from jmtl.gradients._task import aux_loss_grads
 from jmtl.gradients._task import TaskGradients
 from jmtl.gradients._task import is_multi_input
 from jmtl.gradients._task import label_counts

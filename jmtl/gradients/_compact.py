@@ -88,7 +88,8 @@ def same_input_compact_jacobian(model: MultiTaskProtocol, params, batch: Batch,
   features, vjp = jax.vjp(lambda r, x: _encode_rows(model, path, table, r, x, batch, rng),
                           rest, table[batch["input_ids"]])
   losses, head_grads, feature_grads = heads_on_features(
-      model, params[model.task_key], features, batches, denominators, range(len(model.names)))
+      model, params[model.task_key], features, batches, denominators, range(len(model.names)),
+      rng)
   shared, rows = jax.vmap(vjp)(stack_trees(feature_grads))
   ids = jnp.broadcast_to(batch["input_ids"], rows.shape[:-1])
   return CompactTaskGradients(jnp.stack(losses), shared, rows, ids, head_grads)
@@ -104,7 +105,7 @@ def multi_input_compact_jacobian(model: MultiTaskProtocol, params, batches: Mapp
         lambda r, x, b=batch, i=i: _encode_rows(model, path, table, r, x, b, task_rng(rng, i)),
         rest, table[batch["input_ids"]])
     loss, g_heads, g_features = heads_on_features(
-        model, params[model.task_key], features, per_task, denominators, (i,))
+        model, params[model.task_key], features, per_task, denominators, (i,), rng)
     losses.append(loss[0])
     head_grads.update(g_heads)
     g_rest, g_rows = vjp(g_features[0])

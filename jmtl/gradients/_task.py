@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jmtl.models.protocol import MultiTaskProtocol, feature_readers, task_batches
+from jmtl.models.protocol import (MultiTaskProtocol, feature_readers, task_aux_loss_sum,
+                                  task_batches, task_loss_sum)
 
 PyTree = Any
 Batch = Mapping[str, jax.Array]
@@ -56,14 +57,15 @@ def task_rng(rng: jax.Array | None, index: int) -> jax.Array | None:
 
 
 def heads_on_features(model: MultiTaskProtocol, per_task_params, features, batches,
-                      denominators: jax.Array, indices):
+                      denominators: jax.Array, indices, rng: jax.Array | None = None):
   """Per task in ``indices``: normalised loss, its own params' gradient, its gradient
-  w.r.t. ``features``. ``batches[i]`` is task i's batch."""
+  w.r.t. ``features``. ``batches[i]`` is task i's batch; ``rng`` the step key (a private
+  part with dropout gets task i's own key from it)."""
   losses, head_grads, feature_grads = [], {}, []
   for i in indices:
     name = model.names[i]
-    def task_loss(hp, feats, name=name, i=i):
-      return model.loss_sum(name, hp, feats, batches[i]) / denominators[i]
+    def task_loss(hp, feats, i=i):
+      return task_loss_sum(model, i, hp, feats, batches[i], rng) / denominators[i]
     loss, (g_head, g_features) = jax.value_and_grad(task_loss, argnums=(0, 1))(
         per_task_params[name], features)
     losses.append(loss)
@@ -87,7 +89,8 @@ def same_input_representation(model: MultiTaskProtocol, params, batch: Batch,
   features, encoder_vjp = jax.vjp(lambda p: model.encode(p, batch, rng),
                                   params[model.shared_key])
   losses, head_grads, feature_grads = heads_on_features(
-      model, params[model.task_key], features, batches, denominators, range(len(model.names)))
+      model, params[model.task_key], features, batches, denominators, range(len(model.names)),
+      rng)
   backward = lambda cotangent: encoder_vjp(cotangent)[0]
   return RepresentationGradients(jnp.stack(losses), stack_trees(feature_grads), head_grads,
                                  backward, feature_readers(model))
@@ -112,7 +115,7 @@ def multi_input_jacobian(model: MultiTaskProtocol, params, batches: Mapping[str,
     features, encoder_vjp = jax.vjp(lambda p, b=batch, i=i: model.encode(p, b, task_rng(rng, i)),
                                     params[model.shared_key])
     loss, g_heads, g_features = heads_on_features(
-        model, params[model.task_key], features, per_task, denominators, (i,))
+        model, params[model.task_key], features, per_task, denominators, (i,), rng)
     losses.append(loss[0])
     head_grads.update(g_heads)
     shared.append(encoder_vjp(g_features[0])[0])
@@ -123,15 +126,36 @@ def task_losses(model: MultiTaskProtocol, params, batch, rng: jax.Array | None =
                 axis_name: str | None = None) -> jax.Array:
   """``[T]`` normalised task losses for the model's declared layout."""
   denominators = loss_denominators(label_counts(model, batch, axis_name))
-  per_task = task_batches(model, batch)
-  shared, own = params[model.shared_key], params[model.task_key]
-  if model.layout == "multi_input":
-    sums = [model.loss_sum(name, own[name], model.encode(shared, b, task_rng(rng, i)), b)
-            for i, (name, b) in enumerate(zip(model.names, per_task))]
-  else:
-    features = model.encode(shared, batch, rng)
-    sums = [model.loss_sum(name, own[name], features, batch) for name in model.names]
+  own = params[model.task_key]
+  sums = [task_loss_sum(model, i, own[name], features, b, rng)
+          for i, (name, b, features) in enumerate(_representations(model, params, batch, rng))]
   return jnp.stack(sums) / denominators
+
+
+def _representations(model: MultiTaskProtocol, params, batch, rng):
+  """Per task: (name, its batch, the representation its loss reads), as every path
+  computes them (one encode for the same input; task i's own, keyed ``task_rng``, else)."""
+  per_task, shared = task_batches(model, batch), params[model.shared_key]
+  if model.layout == "multi_input":
+    reps = [model.encode(shared, b, task_rng(rng, i)) for i, b in enumerate(per_task)]
+  else:
+    reps = [model.encode(shared, batch, rng)] * len(per_task)
+  return tuple(zip(model.names, per_task, reps))
+
+
+def aux_loss_grads(model: MultiTaskProtocol, params, batch, rng: jax.Array | None = None,
+                   axis_name: str | None = None):
+  """``(sum over tasks of aux_loss_sum, its gradient w.r.t. all params)``, both global
+  (summed across ``axis_name``): the model's auxiliary losses (protocol ``aux_loss_sum``)
+  on the representations the task losses read this step, same dropout keys."""
+  def total(p):
+    own = p[model.task_key]
+    return sum(task_aux_loss_sum(model, i, own[name], features, b, rng)
+               for i, (name, b, features) in enumerate(_representations(model, p, batch, rng)))
+  value, grads = jax.value_and_grad(total)(params)
+  if axis_name is not None:
+    value, grads = lax.psum((value, grads), axis_name)
+  return value, grads
 
 
 def weighted_loss_grads(model: MultiTaskProtocol, params, batch, weigh: Callable,

@@ -39,6 +39,15 @@ Optional (read with ``getattr``; leave out or set to None to disable):
 * ``penalty(params) -> scalar``: a regulariser of the params that is no task's loss (soft
   sharing's L2 tie of the task encoders); the step adds its gradient to the balanced
   gradients, unweighted.
+* ``private_dropout: bool``: True when a task's private part has dropout; ``loss_sum`` (and
+  ``aux_loss_sum``) then take a keyword ``rng`` (None = deterministic, as in evaluation) and
+  every gradient path passes task i's own key, ``private_rng(step_key, i)``.
+* ``aux_loss_sum(name, task_params, representation, batch) -> scalar``: an auxiliary loss
+  of task ``name``'s private part that is no task loss (DSelect-k's entropy regulariser of
+  its selectors), SUMMED over the batch's units, so the global value is the sum over
+  devices. No balancer weighs it: the step adds its gradient (w.r.t. the task's params and,
+  through the representation, the shared params) to the balanced gradients, unweighted,
+  and logs the global total as ``metrics["aux_loss"]``. ``None`` = no auxiliary loss.
 
 A minimal implementation::
 
@@ -142,3 +151,38 @@ def last_shared_layer(model) -> str | None:
 def feature_readers(model) -> tuple[tuple[int, ...], ...] | None:
   readers = getattr(model, "feature_readers", None)
   return None if readers is None else readers()
+
+
+# A task's private key is folded from the step key with an offset no task index reaches, so
+# it never equals the key a multi-input encode of task i uses (``fold_in(step_key, i)``).
+_PRIVATE_KEYS = 1 << 20
+
+
+def private_rng(rng: jax.Array | None, index: int) -> jax.Array | None:
+  """Task ``index``'s dropout key for its private part (None: deterministic)."""
+  return None if rng is None else jax.random.fold_in(rng, _PRIVATE_KEYS + index)
+
+
+def _private_call(model, method: str, index: int, task_params, representation, batch, rng):
+  name = model.names[index]
+  if getattr(model, "private_dropout", False):
+    return getattr(model, method)(name, task_params, representation, batch,
+                                  rng=private_rng(rng, index))
+  return getattr(model, method)(name, task_params, representation, batch)
+
+
+def task_loss_sum(model: MultiTaskProtocol, index: int, task_params, representation, batch,
+                  rng: jax.Array | None = None) -> jax.Array:
+  """Task ``index``'s ``loss_sum``; its private part gets dropout from ``rng`` when the
+  model declares ``private_dropout`` (``rng`` is the step key, not yet per task)."""
+  return _private_call(model, "loss_sum", index, task_params, representation, batch, rng)
+
+
+def has_aux_loss(model) -> bool:
+  return getattr(model, "aux_loss_sum", None) is not None
+
+
+def task_aux_loss_sum(model: MultiTaskProtocol, index: int, task_params, representation, batch,
+                      rng: jax.Array | None = None) -> jax.Array:
+  """Task ``index``'s ``aux_loss_sum`` (the model must have one), keyed as ``task_loss_sum``."""
+  return _private_call(model, "aux_loss_sum", index, task_params, representation, batch, rng)

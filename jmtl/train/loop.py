@@ -343,6 +343,8 @@ def _step_record(step: int, host, names, steps_per_second: float) -> dict[str, A
     c = np.asarray(host["cosines"], float)
     record["cosines"] = {f"{names[i]}|{names[j]}": float(c[i, j])
                          for i in range(len(names)) for j in range(i + 1, len(names))}
+  if "aux_loss" in host:  # the model's auxiliary losses (e.g. DSelect-k's entropy term)
+    record["aux_loss"] = float(host["aux_loss"])
   return record
 
 

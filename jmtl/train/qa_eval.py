@@ -24,8 +24,8 @@ def _logits_fn(model):
   @functools.partial(jax.jit, static_argnames="name")
   def logits(params, batch, name):
     spec = next(s for s in model.tasks if s.name == name)
-    features = model.encode(params["encoder"], batch)
-    return model.head(spec, params["heads"][name], features)  # [B, L, 2]
+    features = model.encode(params[model.shared_key], batch)
+    return model.head(spec, params[model.task_key][name], features, batch)  # [B, L, 2]
   return logits
 
 

@@ -16,9 +16,9 @@ import optax
 from jax import lax
 
 from jmtl.balancers import Balancer, applied_weights
-from jmtl.gradients import label_counts
+from jmtl.gradients import aux_loss_grads, label_counts
 from jmtl.models.protocol import MultiTaskProtocol
-from jmtl.models.protocol import token_table_path
+from jmtl.models.protocol import has_aux_loss, token_table_path
 from jmtl.train import grad_paths
 from jmtl.train.grad_paths import GradMode, path_for
 from jmtl.train.state import TrainState
@@ -52,9 +52,17 @@ class _FrozenAsConstants:
         _constants(shared_params, self._trainable[self._model.shared_key]), batch, *args,
         **kwargs)
 
-  def loss_sum(self, name, task_params, representation, batch):
+  def loss_sum(self, name, task_params, representation, batch, **kwargs):
     frozen = self._trainable[self._model.task_key][name]
-    return self._model.loss_sum(name, _constants(task_params, frozen), representation, batch)
+    return self._model.loss_sum(name, _constants(task_params, frozen), representation, batch,
+                                **kwargs)
+
+
+def _only_trainable(grads, trainable):
+  """``grads`` with exact zeros at frozen leaves (a regulariser never moves them)."""
+  if trainable is None:
+    return grads
+  return jax.tree.map(lambda g, t: g if t else jnp.zeros_like(g), grads, trainable)
 
 
 def _table_frozen(model: MultiTaskProtocol, trainable) -> bool:
@@ -110,9 +118,17 @@ def train_step(state: TrainState, batch, *, model: MultiTaskProtocol, balancer: 
       grad_mode=grad_mode, axis_name=axis_name, log_cosines=log_cosines, trainable=trainable)
   penalty = getattr(model, "penalty", None)
   if penalty is not None:  # a regulariser of the params (soft sharing): added, never balanced
-    grads = jax.tree.map(jnp.add, grads, jax.grad(penalty)(state.params))
+    grads = jax.tree.map(jnp.add, grads,
+                         _only_trainable(jax.grad(penalty)(state.params), trainable))
+  aux = None
+  if has_aux_loss(model):  # auxiliary losses of the private parts (DSelect-k): never balanced
+    aux, aux_grads = aux_loss_grads(model, state.params, batch, rng if dropout else None,
+                                    axis_name)
+    grads = jax.tree.map(jnp.add, grads, _only_trainable(aux_grads, trainable))
   grad_norm = optax.tree.norm(grads)
   finite = jnp.all(jnp.isfinite(losses)) & jnp.isfinite(grad_norm)
+  if aux is not None:
+    finite &= jnp.isfinite(aux)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
@@ -129,4 +145,6 @@ def train_step(state: TrainState, batch, *, model: MultiTaskProtocol, balancer: 
     metrics["weights"] = weights
   if gram is not None:
     metrics["cosines"] = _cosines(gram)
+  if aux is not None:
+    metrics["aux_loss"] = aux
   return new_state, metrics

@@ -1,5 +1,6 @@
-"""Sharing architectures in the runner: exact resume, a bad ``model.architecture``, and one
-device == pmap == sharded on 2 fake devices (subprocesses, as ``test_parallel.py``)."""
+"""Sharing architectures in the runner: exact resume (through the loop for PLE; for every
+architecture through the step and ``Checkpoints``), a bad ``model.architecture``, and one
+device == pmap == sharded on 2 fake devices (one subprocess, as ``test_parallel.py``)."""
 
 import json
 import os
@@ -11,10 +12,13 @@ import jax
 import numpy as np
 import pytest
 
+import jmtl
+
 from jmtl.config import ConfigError
+from jmtl.models import architectures
 from jmtl.train import loop
 from test_loop import _restore, tiny_config
-from test_parallel import SCRIPT as parallel_script
+from test_predict import _conll
 from tiny_suite import write_tiny_suite
 
 
@@ -31,7 +35,8 @@ def _arch_config(path, data_dir, name, **train):
 
 
 def test_resume_is_bit_identical_for_an_expert_architecture(suite_path, tmp_path):
-  """PLE with UPGrad: 6 steps in one go == 3 steps, stop, resume for 3 more."""
+  """PLE with UPGrad (dropout on, private experts included): 6 steps in one go == 3 steps,
+  stop, resume for 3 more; the predictor reads the architecture's checkpoint."""
   path, data_dir = suite_path
   full = _arch_config(path, data_dir, "ple", steps=6, checkpoint_every=3)
   full.balancer.name = "upgrad"
@@ -48,6 +53,13 @@ def test_resume_is_bit_identical_for_an_expert_architecture(suite_path, tmp_path
   assert "layer_0_shared" in a.params["shared"]
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  # jmtl predict on the architecture's workdir tags the validation words as evaluation did
+  sentences = _conll(os.path.join(os.path.dirname(data_dir), "ner.validation.tsv"))
+  predicted = jmtl.Predictor.from_workdir(str(tmp_path / "full")).predict(
+      [words for words, _ in sentences], tasks=["ner"])
+  hits = [p == g for record, (_, gold) in zip(predicted, sentences)
+          for p, g in zip(record["tasks"]["ner"]["tags"], gold)]
+  assert np.mean(hits) == pytest.approx(result["validation"]["ner"]["accuracy"], abs=1e-9)
 
 
 def test_unknown_architecture_is_a_config_error_with_a_suggestion(suite_path):
@@ -61,35 +73,101 @@ def test_unknown_architecture_is_a_config_error_with_a_suggestion(suite_path):
     loop.build_experiment(config)
 
 
-# test_parallel.py's script, with an architecture in place of MultiTaskModel
-MODEL_LINE = "model = MultiTaskModel(TINY, tasks, layout=layout)"
-SCRIPT = parallel_script.replace(MODEL_LINE, textwrap.dedent("""\
+# One subprocess (2 fake devices) for every architecture: the device count is fixed when JAX
+# starts, and one process compiles each architecture's three steps once. Each architecture
+# has its own balancer and grad mode, so the set covers every gradient path: loss-only (dwa),
+# Jacobian (pcgrad), compact Gram (upgrad), rep-grad (mgda), GradNorm on the declared last
+# shared layer, the multi-input layout and DSelect-k's auxiliary loss. Hard sharing has the
+# same checks in test_parallel.py and test_loop.py.
+CASES = (("soft", "same_input", "mgda", "rep"),
+         ("cross_stitch", "same_input", "dwa", "exact"),
+         ("mmoe", "same_input", "pcgrad", "exact"),
+         ("cgc", "same_input", "upgrad", "exact"),
+         ("ple", "same_input", "mgda", "rep"),
+         ("dselect_k", "multi_input", "pcgrad", "exact"),
+         ("mtan", "same_input", "gradnorm", "exact"))
+
+SCRIPT = textwrap.dedent("""
+    import json, sys, tempfile
+    import jax, numpy as np, optax
+    sys.path.insert(0, {tests!r})
+    from tiny_model import TINY, make_batch
+    from jmtl.balancers import get
     from jmtl.models import architectures
+    from jmtl.tasks import TaskSpec
+    from jmtl.train.checkpoint import Checkpoints
+    from jmtl.train.parallel import make_train_step
+    from jmtl.train.state import create_train_state
+
+    tasks = (TaskSpec("topic", "classification", 3), TaskSpec("pos", "tagging", 5),
+             TaskSpec("score", "regression"))
     options = architectures.Options(expert_width=8, expert_depth=1, num_experts=3,
-                                    soft_strength=0.1)
-    model = architectures.build({name!r}, TINY, tasks, head_hidden=8, options=options)"""))
+                                    soft_strength=0.1, dselect_entropy=0.05)
+    # SGD with momentum, as test_parallel.py (Adam would amplify reduction-order noise)
+    optimizer = optax.sgd(0.1, momentum=0.9)
+    flat = lambda state: np.concatenate(
+        [np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(state.params)]).tolist()
+    for name, layout, method, grad_mode in {cases!r}:
+      model = architectures.build(name, TINY, tasks, head_hidden=8, layout=layout,
+                                  options=options)
+      hparams = dict(layer=model.last_shared_layer) if method == "gradnorm" else {{}}
+      balancer = get(method, num_tasks=len(tasks), **hparams)
+      def batch_at(step):
+        if layout == "multi_input":
+          return {{s.name: make_batch((s,), batch_size=8, seed=100 * step + i)
+                  for i, s in enumerate(tasks)}}
+        return make_batch(tasks, batch_size=8, seed=step)
+      create = lambda: create_train_state(model, balancer, optimizer, batch_at(0), 0)
+      out = {{}}
+      for parallelism in ("none", "pmap", "sharded"):
+        step = make_train_step(model, balancer, optimizer, grad_mode=grad_mode,
+                               parallelism=parallelism, num_devices=2)
+        state = step.place_state(jax.jit(create)())
+        if parallelism == "none":  # stop after 2 steps, checkpoint, restore, 2 more
+          workdir = tempfile.mkdtemp()
+          checkpoints = Checkpoints(workdir, async_save=False)
+        for s in range(4):
+          state, metrics = step(state, step.place_batch(batch_at(s)))
+          if parallelism == "none" and s == 1:
+            checkpoints.save(2, state, {{}}, "{{}}")
+        out[parallelism] = flat(step.gather_state(state))
+        if parallelism == "none":
+          restored_step, resumed, _ = checkpoints.restore(jax.eval_shape(create), {{}})
+          checkpoints.close()
+          for s in range(restored_step, 4):
+            resumed, _ = step(resumed, batch_at(s))
+          out["resumed_bit_identical"] = all(
+              np.array_equal(np.asarray(x), np.asarray(y))
+              for x, y in zip(jax.tree.leaves(resumed), jax.tree.leaves(state)))
+          out["aux_loss"] = float(metrics.get("aux_loss", -1.0))
+      out["devices"] = len(jax.devices())
+      print("RESULT" + json.dumps({{name: out}}), flush=True)  # one line per architecture
+""")
 
 
-@pytest.mark.parametrize("name,method,grad_mode", [
-    ("mmoe", "pcgrad", "exact"),
-    ("soft", "mgda", "rep"),
-    ("cross_stitch", "dwa", "exact"),
-])
-def test_pmap_and_sharded_match_single_device(name, method, grad_mode):
+def test_every_architecture_resumes_exactly_and_pmap_and_sharded_match_one_device():
+  """Per architecture: 4 steps == 2 steps, checkpoint, restore, 2 more (bit for bit, the
+  whole state); pmap and jit+NamedSharding on 2 devices reach the one-device params."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
              JAX_PLATFORMS="cpu")
-  assert MODEL_LINE in parallel_script
-  code = SCRIPT.format(tests=os.path.dirname(os.path.dirname(__file__)), name=name,
-                       layout="same_input", method=method, grad_mode=grad_mode, n=2)
+  code = SCRIPT.format(tests=os.path.dirname(os.path.dirname(__file__)), cases=CASES)
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                        timeout=900)
   assert out.returncode == 0, out.stderr[-4000:]
-  final = json.loads(next(l for l in out.stdout.splitlines() if l.startswith("RESULT"))[6:])
-  assert final["none_devices"] == 2
-  for parallelism in ("pmap", "sharded"):
-    np.testing.assert_allclose(np.asarray(final[parallelism]), np.asarray(final["none"]),
-                               rtol=1e-5, atol=1e-5,
-                               err_msg=f"{name}: {parallelism} drifted from one device")
+  results = {}
+  for line in out.stdout.splitlines():
+    if line.startswith("RESULT"):
+      results.update(json.loads(line[len("RESULT"):]))
+  assert sorted(results) == sorted(case[0] for case in CASES)
+  assert {c[0] for c in CASES} | {"hard"} == set(architectures.NAMES)
+  for name, final in results.items():
+    assert final["devices"] == 2
+    assert final["resumed_bit_identical"], f"{name}: the resumed run drifted"
+    for parallelism in ("pmap", "sharded"):
+      np.testing.assert_allclose(np.asarray(final[parallelism]), np.asarray(final["none"]),
+                                 rtol=1e-5, atol=1e-5,
+                                 err_msg=f"{name}: {parallelism} drifted from one device")
+  assert results["dselect_k"]["aux_loss"] > 0  # the entropy term ran (and was psummed)
 
 
 def test_unknown_architecture_is_refused_before_any_workdir_or_data(tmp_path, suite_path):

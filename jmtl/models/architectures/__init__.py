@@ -14,7 +14,8 @@ cross_stitch  embeddings, T columns, cross-stitch units       its tower
 mmoe          embeddings, E experts                           its softmax gate and tower
 cgc           embeddings, shared experts                      its experts, gate and tower
 ple           embeddings, layers 1..n-1, last shared experts  its last-layer experts, gate, tower
-dselect_k     embeddings, E experts                           its k selectors, mix and tower
+dselect_k     embeddings, E experts                           its k selectors, mix and tower;
+                                                              + selector entropy (aux loss)
 mtan          embeddings and encoder                          its attention modules and tower
 ============  ==============================================  ===============================
 
@@ -23,6 +24,11 @@ Grad modes: every architecture has a shared token table and a shared representat
 rep needs the same-input layout, as for hard sharing. Columns and experts use
 ``light_encoder(expert_width, expert_depth)`` so T or E of them fit on a CPU; ``mtan`` (one
 shared encoder, like ``hard``) uses the full encoder.
+
+Dropout: every encoder block drops out at ``model.dropout`` / ``attention_dropout`` in
+training, shared or private (soft's task columns and PLE/CGC's task experts get the task's
+own key from the step key); towers, gates and task attention modules have none, like hard
+sharing's heads. Evaluation is deterministic.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ class Options:
   num_experts: int = 4
   dselect_k: int = 2
   dselect_gamma: float = 1.0
+  dselect_entropy: float = 1e-6  # weight of the selectors' entropy regulariser (0 = off)
   ple_layers: int = 2
   shared_experts: int = 2
   task_experts: int = 1
@@ -74,7 +81,8 @@ _BUILDERS: dict[str, Callable] = {
                                            task_experts=o.task_experts, **kw),
     "dselect_k": lambda enc, tasks, o, **kw: DSelectK(_light(enc, o), tasks,
                                                       num_experts=o.num_experts, k=o.dselect_k,
-                                                      gamma=o.dselect_gamma, **kw),
+                                                      gamma=o.dselect_gamma,
+                                                      entropy_weight=o.dselect_entropy, **kw),
     "mtan": lambda enc, tasks, o, **kw: TaskAttention(enc, tasks, **kw),
 }
 NAMES: tuple[str, ...] = tuple(_BUILDERS)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jmtl.models.encoder import EncoderBlock, EncoderConfig, embed_tokens, masked_mean
 from jmtl.models.heads import Head
 from jmtl.models.matmul import Dense
-from jmtl.models.protocol import check_layout
+from jmtl.models.protocol import check_layout, private_rng
 from jmtl.tasks import TaskSpec, task_names
 
 PyTree = Any
@@ -97,8 +97,10 @@ class Architecture:
   (``_shared_module`` / ``encode``) and a task's private computation (``_private_module``).
 
   ``encoder``: the (light) encoder config of a column / expert. ``layout`` as
-  ``MultiTaskModel``. A task's private part runs without dropout: the protocol's
-  ``loss_sum`` takes no rng.
+  ``MultiTaskModel``. A subclass whose private part holds encoder blocks (soft's columns,
+  PLE's task experts) sets ``private_dropout``: those blocks then drop out at the encoder's
+  rates in training (the protocol passes ``loss_sum`` the task's key), as shared blocks do.
+  Towers, gates and task attention modules have no dropout, as hard sharing's heads.
   """
 
   encoder: EncoderConfig
@@ -109,6 +111,7 @@ class Architecture:
   shared_key = "shared"
   task_key = "tasks"
   token_table = ("embedder", "token_embedding", "embedding")
+  private_dropout = False  # True: _private_module takes deterministic= and drops out
 
   def __post_init__(self):
     object.__setattr__(self, "tasks", tuple(self.tasks))
@@ -130,7 +133,8 @@ class Architecture:
     raise NotImplementedError
 
   def _private_module(self, spec: TaskSpec) -> nn.Module:
-    """Called as ``module(representation, attention_mask)`` -> the task's outputs."""
+    """Called as ``module(representation, attention_mask)`` -> the task's outputs (with
+    ``private_dropout``, also ``deterministic=False`` and a ``dropout`` rng in training)."""
     raise NotImplementedError
 
   # -- protocol ---------------------------------------------------------------------------
@@ -154,18 +158,26 @@ class Architecture:
         {"params": shared_params}, batch["input_ids"], batch["attention_mask"],
         batch.get("token_type_ids"), deterministic=rng is None, rngs=rngs, token_rows=token_rows)
 
-  def head(self, spec: TaskSpec, task_params, representation, batch) -> jax.Array:
-    return self._private_module(spec).apply({"params": task_params}, representation,
-                                            batch["attention_mask"])
+  def head(self, spec: TaskSpec, task_params, representation, batch,
+           rng: jax.Array | None = None) -> jax.Array:
+    """Task ``spec``'s outputs; ``rng`` (this task's private key) turns dropout on."""
+    module = self._private_module(spec)
+    if rng is None or not self.private_dropout:
+      return module.apply({"params": task_params}, representation, batch["attention_mask"])
+    return module.apply({"params": task_params}, representation, batch["attention_mask"],
+                        deterministic=False, rngs={"dropout": rng})
 
   def apply(self, params, batch, rng: jax.Array | None = None) -> dict[str, jax.Array]:
+    """``{task: outputs}``; ``rng`` = training: the keys the train step uses."""
     representation = self.encode(params[self.shared_key], batch, rng)
-    return {s.name: self.head(s, params[self.task_key][s.name], representation, batch)
-            for s in self.tasks}
+    return {s.name: self.head(s, params[self.task_key][s.name], representation, batch,
+                              private_rng(rng, i))
+            for i, s in enumerate(self.tasks)}
 
-  def loss_sum(self, name: str, task_params, representation, batch) -> jax.Array:
+  def loss_sum(self, name: str, task_params, representation, batch,
+               rng: jax.Array | None = None) -> jax.Array:
     spec = self._specs[name]
-    return spec.loss_sum(self.head(spec, task_params, representation, batch), batch)[0]
+    return spec.loss_sum(self.head(spec, task_params, representation, batch, rng), batch)[0]
 
   def label_count(self, name: str, batch) -> jax.Array:
     return jnp.sum(batch[self._specs[name].mask_key].astype(jnp.float32))

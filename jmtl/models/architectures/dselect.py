@@ -10,8 +10,17 @@ S reaches exactly 0 and 1, so once every |z_j| >= gamma/2 a selector is one-hot:
 a softmax(alpha)-mixture of the k selectors, uses at most k experts (gamma plays the role of
 the temperature: as it goes to 0 every selector is one-hot). Per-example gating as in the
 paper's MTL experiments, here per token (z and alpha read the token's embedding). With E not
-a power of two, code c selects expert c mod E. The paper's entropy regulariser is not
-implemented. Shared / private as MMoE.
+a power of two, code c selects expert c mod E (the official code instead keeps the first E
+codes and penalises the unreachable ones; folding makes every code reachable).
+
+Entropy regulariser (the paper's Omega, official code's ``EntropyRegularizer``): each
+selector's entropy over the experts, ``-sum_e r_e log(r_e + 1e-6)``, summed over selectors
+and routing units (here the non-padding tokens; there the examples) and weighted by
+``entropy_weight`` (the official default 1e-6; 0 = off). It pushes each selector to one
+expert before the smooth step saturates. It is no task's loss: the model returns it as the
+protocol's ``aux_loss_sum`` and the train step adds its gradient outside the balancer (to the
+task's selectors and, through the gate's input, the shared embeddings). Shared / private as
+MMoE.
 """
 
 from __future__ import annotations
@@ -26,6 +35,15 @@ import numpy as np
 
 from jmtl.models.architectures.common import Architecture, SharedExperts, Tower, mix_experts
 from jmtl.models.matmul import Dense
+
+
+ENTROPY_EPSILON = 1e-6  # the official code's EPSILON inside the log
+
+
+def selector_entropy(selectors, attention_mask):
+  """``-sum r log(r + eps)`` over ``selectors [B, L, k, E]`` at the non-padding tokens."""
+  terms = selectors * jnp.log(selectors + ENTROPY_EPSILON)
+  return -jnp.sum(attention_mask.astype(terms.dtype)[..., None, None] * terms)
 
 
 def smooth_step(t, gamma: float):
@@ -92,6 +110,7 @@ class DSelectK(Architecture):
   num_experts: int = 4
   k: int = 2
   gamma: float = 1.0
+  entropy_weight: float = 1e-6
 
   last_shared_layer = "experts/final_norm"
 
@@ -101,6 +120,17 @@ class DSelectK(Architecture):
       raise ValueError(f"DSelect-k: k={self.k} must be between 1 and num_experts={self.num_experts}")
     if self.gamma <= 0:
       raise ValueError(f"DSelect-k: gamma={self.gamma} must be positive")
+    if not self.entropy_weight >= 0:
+      raise ValueError(f"DSelect-k: entropy weight {self.entropy_weight} must be >= 0")
+
+  @property
+  def aux_loss_sum(self):
+    """The protocol's auxiliary loss: the weighted selector entropy (None when off)."""
+    return self._entropy_loss if self.entropy_weight > 0 else None
+
+  def _entropy_loss(self, name: str, task_params, representation, batch) -> jax.Array:
+    selectors = self.gate_weights(name, task_params, representation, batch, method="selectors")
+    return self.entropy_weight * selector_entropy(selectors, batch["attention_mask"])
 
   def _shared_module(self):
     return SharedExperts(self.encoder, self.num_experts)

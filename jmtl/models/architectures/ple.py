@@ -6,7 +6,8 @@ experts too and a softmax gate over (shared + its own) experts, per token. PLE s
 task's experts of the next layer and a *shared* gate over all experts feeds the next shared
 experts. Everything below the last layer reaches every task (through the shared gate), so it
 is shared (balanced): embeddings, all experts and gates of layers 1..n-1, and the last layer's
-shared experts. Private to task ``t``: its last-layer experts, gate, pooler and head.
+shared experts. Private to task ``t``: its last-layer experts (with the encoder's dropout,
+as every expert), gate, pooler and head.
 Representation: ``(per-task inputs of the last layer (T leaves, leaf t read by task t only),
 last-layer shared experts [Es, B, L, D])``.
 """
@@ -76,17 +77,18 @@ class _TaskExtraction(nn.Module):
     self.gate_logits = Dense(self.shared_experts + self.task_experts, name="gate")
     self.tower = Tower(self.spec, cfg.pooled_width, self.head_hidden, name="tower")
 
-  def _mixed(self, representation, attention_mask):
+  def _mixed(self, representation, attention_mask, deterministic: bool = True):
     task_inputs, shared = representation
     own_input = task_inputs[self.index]
-    own = self.experts(own_input, attention_bias(attention_mask), True)
+    own = self.experts(own_input, attention_bias(attention_mask), deterministic)
     return _gated(self.gate_logits, own_input, jnp.concatenate([shared, own]))
 
   def gate(self, representation, attention_mask):
     return self._mixed(representation, attention_mask)[1]
 
-  def __call__(self, representation, attention_mask):
-    return self.tower(self._mixed(representation, attention_mask)[0], attention_mask)
+  def __call__(self, representation, attention_mask, deterministic: bool = True):
+    return self.tower(self._mixed(representation, attention_mask, deterministic)[0],
+                      attention_mask)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +98,8 @@ class PLE(Architecture):
   num_layers: int = 2
   shared_experts: int = 2
   task_experts: int = 1
+
+  private_dropout = True  # a task's own experts drop out as the shared experts do
 
   def __post_init__(self):
     super().__post_init__()

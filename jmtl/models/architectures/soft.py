@@ -3,7 +3,7 @@
 Closely related tasks do best with one encoder; weakly related ones with their own encoders
 kept close rather than equal (the "soft" parameter sharing of the MTL surveys, e.g. Ruder
 2017, Duong et al. 2015). Shared (balanced): the embeddings only. Private to task ``t``: its
-encoder column, pooler and head. The penalty
+encoder column (with the encoder's dropout), pooler and head. The penalty
 
   lambda/2 * sum_t ||theta_t - mean_s theta_s||^2   (over the task encoders)
 
@@ -41,9 +41,9 @@ class _TaskColumn(nn.Module):
   head_hidden: int
 
   @nn.compact
-  def __call__(self, embeddings, attention_mask):
+  def __call__(self, embeddings, attention_mask, deterministic: bool = True):
     tokens = Blocks(self.config, self.config.depth, name="encoder")(
-        embeddings, attention_bias(attention_mask))
+        embeddings, attention_bias(attention_mask), deterministic)
     return Tower(self.spec, self.config.pooled_width, self.head_hidden, name="tower")(
         tokens, attention_mask)
 
@@ -55,6 +55,7 @@ class SoftSharing(Architecture):
   strength: float = 1e-2
 
   last_shared_layer = "embedder/position_embedding"
+  private_dropout = True  # the task's column drops out as the shared encoder would
 
   def _shared_module(self):
     return _SharedEmbeddings(self.encoder)
