@@ -97,9 +97,6 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skip(reason="written by the wt-bertpar helper but not yet seen passing: the "
-                  "shared machine (load 19) ran out of time before the subprocess finished; "
-                  "run it once, then remove this mark")
 def test_bert_pmap_sharded_match_one_device_and_resume_is_exact(tmp_path):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
              JAX_PLATFORMS="cpu")
