@@ -112,6 +112,8 @@ def train_step(state: TrainState, batch, *, model: MultiTaskProtocol, balancer: 
   if penalty is not None:  # a regulariser of the params (soft sharing): added, never balanced
     grads = jax.tree.map(jnp.add, grads, jax.grad(penalty)(state.params))
   grad_norm = optax.tree.norm(grads)
+  # Balanced gradients are float32; params stored in another dtype take theirs back.
+  grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
   finite = jnp.all(jnp.isfinite(losses)) & jnp.isfinite(grad_norm)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)

@@ -26,6 +26,7 @@ import numpy as np
 
 from jmtl.models.architectures.common import Architecture, SharedExperts, Tower, mix_experts
 from jmtl.models.matmul import Dense
+from jmtl.models.precision import softmax
 
 
 def smooth_step(t, gamma: float):
@@ -78,7 +79,7 @@ class _SelectTower(nn.Module):
 
   def gate(self, representation, attention_mask):
     _, embeddings = representation
-    alpha = jax.nn.softmax(self.selector_mix(embeddings), axis=-1)  # [B, L, k]
+    alpha = softmax(self.selector_mix(embeddings), axis=-1)  # [B, L, k]
     return jnp.einsum("blk,blke->ble", alpha, self.selectors(representation, attention_mask))
 
   def __call__(self, representation, attention_mask):
