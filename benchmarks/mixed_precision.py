@@ -89,7 +89,8 @@ def _shape_key(batch) -> tuple:
 
 
 def train_in_lockstep(runs: dict[str, Run], steps: int):
-  """Per dtype: ``[steps, T]`` losses and the step times (compile steps as None)."""
+  """Per dtype: ``[steps, T]`` losses and the step times, ``(wall, process CPU)`` seconds
+  (compile steps as None)."""
   losses = {d: [] for d in runs}
   times = {d: [] for d in runs}
   seen = set()
@@ -100,9 +101,10 @@ def train_in_lockstep(runs: dict[str, Run], steps: int):
     seen.add(key)
     order = list(runs) if i % 2 == 0 else list(reversed(runs))
     for d in order:
-      start = time.perf_counter()
+      start, cpu = time.perf_counter(), time.process_time()
       losses[d].append([float(x) for x in runs[d](batches[d])])
-      times[d].append(None if first else time.perf_counter() - start)
+      wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+      times[d].append(None if first else (wall, cpu))
   return losses, times
 
 
@@ -120,8 +122,10 @@ def loss_gap(f32, bf16, names, window: int = 10) -> dict:
           for t, name in enumerate(names)}
 
 
-def step_ratios(times: dict[str, list], blocks: int) -> dict:
-  pairs = [(b, f) for b, f in zip(times["bfloat16"], times["float32"])
+def step_ratios(times: dict[str, list], blocks: int, clock: int) -> dict:
+  """``clock`` 0: wall time; 1: the process's CPU time (with one pinned thread, the time
+  the step computed, robust to other processes taking the core)."""
+  pairs = [(b[clock], f[clock]) for b, f in zip(times["bfloat16"], times["float32"])
            if b is not None and f is not None]
   ratios = [b / f for b, f in pairs]
   size = max(1, len(ratios) // blocks)
@@ -143,7 +147,15 @@ def matmul_ratio(tokens: int, width: int, mlp_width: int, rounds: int) -> dict:
     w = jax.random.normal(key_w, (width, mlp_width)).astype(dtype)
     fn = jax.jit(jnp.dot)
     calls[dtype] = lambda fn=fn, x=x, w=w: jax.block_until_ready(fn(x, w))
-  times = _common.interleaved_times(calls, rounds=rounds, steps_per_round=5, warmup=2)
+  times = {d: [] for d in DTYPES}
+  for d in DTYPES:
+    calls[d]()
+  for _ in range(rounds):  # process CPU time per call, round robin
+    for d in DTYPES:
+      start = time.process_time()
+      for _ in range(5):
+        calls[d]()
+      times[d].append((time.process_time() - start) / 5)
   return {"shape": [tokens, width, mlp_width],
           "ratio": _common.median_of_ratios(times["bfloat16"], times["float32"]),
           "f32_s": _common.summarize(times["float32"])["median"],
@@ -165,23 +177,28 @@ def _markdown(payload: dict) -> str:
       [[t, f"{g['f32_tail_mean']:.4f}", f"{g['bf16_tail_mean']:.4f}",
         f"{100 * g['tail_relative_gap']:.2f}%", f"{100 * g['max_moving_relative_gap']:.2f}%"]
        for t, g in gaps.items()])
-  s, m = payload["step_time"], payload["matmul"]
-  r = s["ratio"]
+  m = payload["matmul"]
+  lines = []
+  for key, what in (("step_cpu_time", "process CPU time"), ("step_time", "wall time")):
+    s = payload[key]
+    r = s["ratio"]
+    lines.append(
+        f"* {what}: bf16/f32 median {r['median']:.2f}x (quartiles {r['q1']:.2f}-"
+        f"{r['q3']:.2f}) over {s['paired_steps']} paired steps; block medians "
+        f"{', '.join(f'{b:.2f}' for b in s['block_medians'])}; median step f32 "
+        f"{_common.format_ms(s['f32_step_s']['median'])} ms, bf16 "
+        f"{_common.format_ms(s['bf16_step_s']['median'])} ms")
   return (
       f"# Mixed precision on ud_tr: bfloat16 vs float32\n\n"
-      f"{payload['steps']} steps of configs/ud_tr.py ({payload['balancer']}), both dtypes in "
-      f"lockstep on the same batches, {payload['threads']} thread(s), under `nice`, "
-      f"{payload['machine']['time']}. CPU: {payload['machine']['cpu_model']}; bf16 flags: "
+      f"N = {payload['steps']} steps of configs/ud_tr.py ({payload['balancer']}), both dtypes "
+      f"in lockstep on the same batches, {payload['threads']} pinned thread(s), under `nice`, "
+      f"{payload['machine']['time']}, load average {payload['machine']['load_average_1_5_15']}."
+      f" CPU: {payload['machine']['cpu_model']}; bf16 flags: "
       f"{', '.join(payload['cpu_bf16_flags']) or 'none'}.\n\n"
       f"## Loss gap (bf16 vs f32)\n\nTail: mean of the last fifth of the steps.\n\n"
-      f"{gap_table}\n\n## Step time\n\n"
-      f"bf16/f32 step time ratio over {s['paired_steps']} paired steps: median "
-      f"{r['median']:.2f}x (quartiles {r['q1']:.2f}-{r['q3']:.2f}); block medians "
-      f"{', '.join(f'{b:.2f}' for b in s['block_medians'])}. Median step: f32 "
-      f"{_common.format_ms(s['f32_step_s']['median'])} ms, bf16 "
-      f"{_common.format_ms(s['bf16_step_s']['median'])} ms.\n\n"
-      f"XLA:CPU dot alone at the MLP shape {' x '.join(map(str, m['shape']))}: bf16/f32 "
-      f"{m['ratio']:.2f}x (f32 {_common.format_ms(m['f32_s'])} ms, bf16 "
+      f"{gap_table}\n\n## Step time\n\n" + "\n".join(lines) +
+      f"\n\nXLA:CPU dot alone at the MLP shape {' x '.join(map(str, m['shape']))} (process "
+      f"CPU time): bf16/f32 {m['ratio']:.2f}x (f32 {_common.format_ms(m['f32_s'])} ms, bf16 "
       f"{_common.format_ms(m['bf16_s'])} ms).\n")
 
 
@@ -205,7 +222,8 @@ def main(argv=None) -> None:
       "machine": _common.machine_info(), "cpu_bf16_flags": cpu_bf16_flags(),
       "steps": args.steps, "balancer": args.balancer, "threads": args.threads,
       "loss_gap": loss_gap(losses["float32"], losses["bfloat16"], runs["float32"].names),
-      "step_time": step_ratios(times, args.blocks),
+      "step_time": step_ratios(times, args.blocks, clock=0),
+      "step_cpu_time": step_ratios(times, args.blocks, clock=1),
       "matmul": matmul_ratio(tokens, model.width, model.mlp_width, rounds=20),
       "losses": losses,
   }

@@ -53,14 +53,16 @@ def _equations(jaxpr):
 
 
 def _operand_dtypes(fn, *args):
-  """{primitive: Counter of its floating operands' dtypes} over every equation of ``fn``."""
+  """({primitive: Counter of its floating operands' dtypes} over every equation of ``fn``,
+  the dtypes of ``fn``'s outputs), from one trace (nothing runs)."""
+  closed = jax.make_jaxpr(fn)(*args)
   found = collections.defaultdict(collections.Counter)
-  for eqn in _equations(jax.make_jaxpr(fn)(*args).jaxpr):
+  for eqn in _equations(closed.jaxpr):
     for var in eqn.invars:
       dtype = getattr(getattr(var, "aval", None), "dtype", None)
       if dtype is not None and jnp.issubdtype(dtype, jnp.floating):
         found[eqn.primitive.name][jnp.dtype(dtype)] += 1
-  return found
+  return found, {jnp.dtype(aval.dtype) for aval in closed.out_avals}
 
 
 def _bf16(encoder, **kwargs):
@@ -72,20 +74,18 @@ def _dtypes_of(tree):
 
 
 def _check_mixed_precision(model, params, batch):
-  """The forward of every task loss and its gradient, traced (nothing runs): see the module
-  docstring. ``params`` may be shapes (``jax.eval_shape`` of ``model.init``)."""
+  """The forward of every task loss, and its value and gradient, traced (nothing runs): see
+  the module docstring. ``params`` may be shapes (``jax.eval_shape`` of ``model.init``)."""
   assert _dtypes_of(params) == {F32}
   rng = jax.random.PRNGKey(1)
   loss = lambda p: jnp.sum(task_losses(model, p, batch, rng))
-  forward = _operand_dtypes(loss, params)
+  forward, _ = _operand_dtypes(loss, params)
   assert forward["dot_general"] and set(forward["dot_general"]) == {BF16}, forward["dot_general"]
   for name in FLOAT32_PRIMITIVES:
     assert set(forward.get(name, {F32: 0})) == {F32}, (name, forward[name])
-  backward = _operand_dtypes(jax.grad(loss), params)
+  backward, outputs = _operand_dtypes(jax.value_and_grad(loss), params)
   assert set(backward["dot_general"]) == {BF16}, backward["dot_general"]
-  value, grads = jax.eval_shape(jax.value_and_grad(loss), params)
-  assert value.dtype == F32 and _dtypes_of(grads) == {F32}
-  assert _dtypes_of(jax.eval_shape(model.apply, params, batch)) == {F32}
+  assert outputs == {F32}  # the loss and every param's gradient
 
 
 @pytest.mark.parametrize("encoder", sorted(ENCODERS))
@@ -96,9 +96,10 @@ def test_bf16_encoders_keep_float32_params_and_islands_and_track_float32(encoder
   shapes = lambda m: jax.eval_shape(m.init, jax.random.PRNGKey(0), batch)
   assert shapes(model) == shapes(reference)  # float32 master weights, same tree
   # The float32 model has no bfloat16 anywhere: the dtype is what changes the trace.
-  plain = _operand_dtypes(lambda p: task_losses(reference, p, batch), shapes(reference))
+  plain, _ = _operand_dtypes(lambda p: task_losses(reference, p, batch), shapes(reference))
   assert all(set(counts) == {F32} for counts in plain.values())
   _check_mixed_precision(model, shapes(model), batch)
+  assert _dtypes_of(jax.eval_shape(model.apply, shapes(model), batch)) == {F32}
   # Activations are bfloat16 up to the heads (whose outputs are float32).
   tokens, pooled = jax.eval_shape(model.encode, shapes(model)["encoder"], batch)
   assert tokens.dtype == pooled.dtype == BF16
