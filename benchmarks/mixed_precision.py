@@ -13,21 +13,23 @@ step of every batch shape (its compile) is left out. Reported:
 * a matmul micro-benchmark at the model's MLP shape (tokens x width @ width x mlp_width), the
   same ratio for XLA:CPU's dot alone.
 
-Which dtype where (measured on this project's machine, an AMD EPYC with ``avx512_bf16`` and no
-AMX; see ``results/mixed_precision.md`` for the run and its N):
+Which dtype where. This project's machine is an AMD EPYC (Zen 4) with ``avx512_bf16`` and no
+AMX (its ``/proc/cpuinfo`` flags; ``cpu_bf16_flags`` below reads them). XLA:CPU (jax 0.12) lowers a bf16
+dot to its YNNPACK fusion, which uses those instructions: a bf16 dot alone at the ud_tr MLP
+shape (2048 x 128 @ 128 x 512) took 0.54x the CPU time of the float32 dot, measured on
+2026-12-02 (the matmul row of the results repeats it). A train step is more than its dots
+(elementwise ops, the float32 islands and the casts around them), so the step ratio in
+``results/mixed_precision.md`` decides:
 
-* On this CPU keep ``model.dtype=float32`` (the default). XLA:CPU does not run bfloat16
-  matmuls on the ``avx512_bf16`` dot-product instructions: it converts around float32 kernels,
-  so the bf16 step and the bf16 dot alone are slower than float32 (the ratios in the
-  results), while the losses match to within the gap reported.
-* On TPUs and on GPUs with bfloat16 tensor cores (A100, H100) use ``model.dtype=bfloat16``
-  with ``model.param_dtype=float32``: activations and matmuls in bf16 halve activation memory
-  and use the matrix units; float32 master weights, losses, softmaxes, LayerNorm statistics
-  and balancers keep training where the float32 run goes (``jmtl.models.precision``).
-* ``model.param_dtype=bfloat16`` (params and Adam moments in bf16) only when memory forces it:
-  updates smaller than a bf16 ulp of a weight are lost.
-* A CPU with AMX (Sapphire Rapids and later) may change the first point: rerun this
-  benchmark there before choosing.
+* CPU with ``avx512_bf16`` or AMX: ``model.dtype=bfloat16`` when the measured step ratio is
+  below 1 for your model's shapes and the loss gap is acceptable (the benchmark reports both);
+  otherwise, and on CPUs with neither flag (bf16 is then emulated), keep float32 (the default).
+* TPUs and GPUs with bf16 matrix units (A100, H100): ``model.dtype=bfloat16`` with
+  ``model.param_dtype=float32``: activations and matmuls in bf16 halve activation memory and
+  use the matrix units; float32 master weights, losses, softmaxes, LayerNorm statistics and
+  balancers keep training where the float32 run goes (``jmtl.models.precision``).
+* ``model.param_dtype=bfloat16`` (params and Adam moments in bf16) only when memory forces
+  it: an update smaller than half a bf16 ulp of its weight is lost.
 
 Usage, from the repository root (builds ud_tr into ``$JMTL_DATA_DIR`` on first use)::
 
