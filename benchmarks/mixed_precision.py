@@ -16,8 +16,8 @@ step of every batch shape (its compile) is left out. Reported:
 Which dtype where. This project's machine is an AMD EPYC (Zen 4) with ``avx512_bf16`` and
 no AMX (its ``/proc/cpuinfo`` flags; ``cpu_bf16_flags`` reads them). XLA:CPU (jax 0.12)
 lowers a bf16 dot to its YNNPACK fusion, which uses those instructions: a bf16 dot alone
-at the ud_tr MLP shape (2048 x 128 @ 128 x 512) took 0.54x the CPU time of the float32 dot, measured on
-2026-12-02 (the matmul row of the results repeats it). A train step is more than its dots
+at the ud_tr MLP shape (2048 x 128 @ 128 x 512) took 0.54x the CPU time of the float32
+dot, measured on 2026-12-02 (the matmul line of the results repeats it). A train step is more than its dots
 (elementwise ops, the float32 islands and the casts around them), so the step ratio in
 ``results/mixed_precision.md`` decides:
 
