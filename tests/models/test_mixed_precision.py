@@ -131,9 +131,9 @@ def _recording(balancer, seen):
 
 
 @pytest.mark.parametrize("method,grad_mode,param_dtype", [
-    ("pcgrad", "exact", "bfloat16"),  # per-task gradients of bfloat16 params, cast up
+    ("graddrop", "exact", "bfloat16"),  # per-task gradients of bfloat16 params, cast up
     ("mgda", "exact", "bfloat16"),  # the compact Gram path: bfloat16 token rows
-    ("pcgrad", "rep", "float32"),  # gradients w.r.t. the bfloat16 representation
+    ("graddrop", "rep", "float32"),  # gradients w.r.t. the bfloat16 representation
     ("mgda", "rep", "float32"),
 ])
 def test_balancers_receive_float32_through_make_train_step(method, grad_mode, param_dtype):
@@ -151,7 +151,7 @@ def test_balancers_receive_float32_through_make_train_step(method, grad_mode, pa
   step = make_train_step(model, balancer, optimizer, grad_mode=grad_mode, donate=False)
   new_state, metrics = step(state, batch)
   assert seen and all(dtypes == {F32} for _, dtypes in seen), seen
-  assert {entry for entry, _ in seen} == {"weigh_gram" if method == "mgda" else "update"}
+  assert {entry for entry, _ in seen} == {"weigh_gram" if balancer.needs == "gram" else "update"}
   assert metrics["losses"].dtype == F32 and bool(metrics["finite"])
   # The step keeps every stored dtype (params and the optimizer's moments) and moves them.
   assert jax.tree.map(lambda x: x.dtype, new_state.params) == \
