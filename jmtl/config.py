@@ -257,7 +257,11 @@ def base_config() -> ml_collections.ConfigDict:
       architecture="hard", expert_width=0, expert_depth=0, soft_strength=1e-2, num_experts=4,
       # dselect_entropy: weight of DSelect-k's selector entropy regulariser (official 1e-6)
       dselect_k=2, dselect_gamma=1.0, dselect_entropy=1e-6, ple_layers=2, shared_experts=2,
-      task_experts=1))
+      task_experts=1,
+      # mixed precision (jmtl.models.precision): float32 | bfloat16. dtype: activations and
+      # matmuls; param_dtype: stored params and optimizer. Losses, softmaxes, LayerNorm
+      # statistics and balancers stay float32.
+      dtype="float32", param_dtype="float32"))
   c.balancer = ml_collections.ConfigDict(dict(name="equal_weight"))
   c.optimizer = ml_collections.ConfigDict(dict(
       name="adamw", learning_rate=1e-3, b1=0.9, b2=0.999, weight_decay=0.01, momentum=0.0,

@@ -21,7 +21,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jmtl.models.encoder import encode, masked_mean
 from jmtl.models.matmul import Dense
+from jmtl.models.precision import check_dtype, softmax
 
 POOLINGS = ("cls", "mean", "pooler")
 
@@ -42,6 +44,8 @@ class BertConfig:
   attention_dropout: float = 0.1  # attention_probs_dropout_prob
   pooling: str = "mean"
   remat: bool = False  # recompute each layer's activations in the backward pass (less memory)
+  dtype: str = "float32"  # compute dtype (jmtl.models.precision)
+  param_dtype: str = "float32"  # storage dtype of the params
 
   def __post_init__(self):
     for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
@@ -53,6 +57,8 @@ class BertConfig:
                        f"{self.num_heads}")
     if self.pooling not in POOLINGS:
       raise ValueError(f"BERT pooling {self.pooling!r}: use one of {', '.join(POOLINGS)}")
+    check_dtype(self.dtype, "BERT dtype")
+    check_dtype(self.param_dtype, "BERT param_dtype")
 
   # What the train step reads from an encoder config (see jmtl.models.protocol).
   token_table: ClassVar[tuple[str, ...]] = ("token_embedding", "embedding")
@@ -83,7 +89,7 @@ class SelfAttention(nn.Module):
     k = split(Dense(width, name="key")(x))
     v = split(Dense(width, name="value")(x))
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(head) + bias
-    probs = jax.nn.softmax(scores, axis=-1)
+    probs = softmax(scores, axis=-1)  # in float32
     probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
     context = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(batch, length, width)
     return Dense(width, name="output")(context)
@@ -132,7 +138,8 @@ class BertEncoder(nn.Module):
       token_type_ids = jnp.zeros_like(input_ids)
     x = x + nn.Embed(cfg.type_vocab_size, cfg.hidden_size, name="type_embedding",
                      embedding_init=nn.initializers.normal(0.02))(token_type_ids)
-    x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, name="embedding_norm")(x)
+    # Statistics in float32; output in the compute dtype, which every layer after follows.
+    x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=cfg.dtype, name="embedding_norm")(x)
     x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
     mask = attention_mask.astype(bool)
     # Key-side mask as in BERT: padded keys get a large negative score; padded queries still
@@ -150,14 +157,11 @@ class BertEncoder(nn.Module):
       return tokens[:, 0]
     if cfg.pooling == "pooler":
       return jnp.tanh(Dense(cfg.hidden_size, name="pooler")(tokens[:, 0]))
-    weights = mask.astype(tokens.dtype)[..., None]
-    return jnp.sum(tokens * weights, axis=-2) / jnp.maximum(jnp.sum(weights, axis=-2), 1.0)
+    return masked_mean(tokens, mask)
 
 
 def bert_encode(config: BertConfig, params, batch, *, rng: jax.Array | None = None,
                 token_rows: jax.Array | None = None):
-  """Applies the encoder to a batch; dropout is on iff ``rng`` is given."""
-  rngs = None if rng is None else {"dropout": rng}
-  return config.module().apply(
-      {"params": params}, batch["input_ids"], batch["attention_mask"],
-      batch.get("token_type_ids"), deterministic=rng is None, rngs=rngs, token_rows=token_rows)
+  """Applies the encoder to a batch; dropout is on iff ``rng`` is given (``encoder.encode``:
+  in ``config.dtype``)."""
+  return encode(config, params, batch, rng=rng, token_rows=token_rows)

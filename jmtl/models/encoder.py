@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from jmtl.models.matmul import Dense, dense_dot_general
+from jmtl.models.precision import check_dtype, compute_params
 
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:
@@ -24,6 +25,8 @@ class EncoderConfig:
   attention_dropout: float = 0.1
   pooled_width: int = 128
   remat: bool = False  # recompute block activations in the backward pass (less memory)
+  dtype: str = "float32"  # compute dtype of activations and matmuls (jmtl.models.precision)
+  param_dtype: str = "float32"  # dtype the params are stored (and the optimizer runs) in
 
   # The model protocol's hooks (jmtl.models.protocol): where the token table sits in the
   # encoder params, and the last layer every task's features pass through (the pooler comes
@@ -40,6 +43,21 @@ class EncoderConfig:
     for name in ("vocab_size", "width", "depth", "num_heads", "mlp_width", "max_length", "pooled_width"):
       if getattr(self, name) <= 0:
         raise ValueError(f"encoder {name} must be positive, got {getattr(self, name)}")
+    check_dtype(self.dtype, "encoder dtype")
+    check_dtype(self.param_dtype, "encoder param_dtype")
+
+
+def attention(query, key, value, mask=None, dropout_rng=None, dropout_rate=0.0,
+              broadcast_dropout=True, deterministic=False, dtype=None, precision=None):
+  """``nn.dot_product_attention`` with the softmax in float32 and the weights back in the
+  compute dtype (Flax's ``force_fp32_for_softmax`` leaves them, and so the whole residual
+  stream after them, in float32). The same computation in float32."""
+  weights = nn.dot_product_attention_weights(
+      query, key, mask=mask, dropout_rng=dropout_rng, dropout_rate=dropout_rate,
+      broadcast_dropout=broadcast_dropout, deterministic=deterministic, dtype=dtype,
+      precision=precision, force_fp32_for_softmax=True)
+  return jnp.einsum("...hqk,...khd->...qhd", weights.astype(value.dtype), value,
+                    precision=precision)
 
 
 class EncoderBlock(nn.Module):
@@ -52,7 +70,7 @@ class EncoderBlock(nn.Module):
     cfg = self.config
     h = nn.LayerNorm(name="attention_norm")(x)
     h = nn.MultiHeadDotProductAttention(
-        num_heads=cfg.num_heads, dropout_rate=cfg.attention_dropout,
+        num_heads=cfg.num_heads, dropout_rate=cfg.attention_dropout, attention_fn=attention,
         qkv_dot_general=dense_dot_general, out_dot_general=dense_dot_general, name="attention")(
             h, h, mask=attention_bias, deterministic=deterministic)
     x = x + nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
@@ -82,13 +100,18 @@ def embed_tokens(module: nn.Module, cfg: EncoderConfig, input_ids, token_type_id
   if token_type_ids is None:
     token_type_ids = jnp.zeros_like(input_ids)
   x = x + nn.Embed(cfg.type_vocab_size, cfg.width, name="type_embedding")(token_type_ids)
+  # The token table is stored and gathered in param_dtype (see jmtl.models.precision): the
+  # sum becomes the compute dtype here, and every module after it follows.
+  x = x.astype(cfg.dtype)
   return nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
 
 
 def masked_mean(tokens, attention_mask):
-  """Mean over the non-padding tokens ``[B, L, D] -> [B, D]``."""
-  weights = attention_mask.astype(tokens.dtype)[..., None]
-  return jnp.sum(tokens * weights, axis=-2) / jnp.maximum(jnp.sum(weights, axis=-2), 1.0)
+  """Mean over the non-padding tokens ``[B, L, D] -> [B, D]``, summed in float32 and
+  returned in ``tokens``' dtype."""
+  weights = attention_mask.astype(jnp.float32)[..., None]
+  total = jnp.sum(tokens.astype(jnp.float32) * weights, axis=-2)
+  return (total / jnp.maximum(jnp.sum(weights, axis=-2), 1.0)).astype(tokens.dtype)
 
 
 class Encoder(nn.Module):
@@ -124,8 +147,10 @@ class Encoder(nn.Module):
 
 def encode(config, params, batch, *, rng: jax.Array | None = None,
            token_rows: jax.Array | None = None):
-  """Applies ``config.module()`` (any encoder config) to a batch; dropout is on iff ``rng``."""
+  """Applies ``config.module()`` (any encoder config) to a batch; dropout is on iff ``rng``.
+  Runs in ``config.dtype`` on params stored in any dtype (``jmtl.models.precision``)."""
   rngs = None if rng is None else {"dropout": rng}
+  params = compute_params(params, config.dtype, config.token_table)
   return config.module().apply(
       {"params": params}, batch["input_ids"], batch["attention_mask"],
       batch.get("token_type_ids"), deterministic=rng is None, rngs=rngs, token_rows=token_rows)

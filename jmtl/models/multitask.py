@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from jmtl.models.encoder import encode
 from jmtl.models.heads import Head
+from jmtl.models.precision import cast_floating, compute_params
 from jmtl.models.protocol import check_layout
 from jmtl.tasks import TaskSpec, task_names
 
@@ -82,7 +83,7 @@ class MultiTaskModel:
         spec.name: self._head(spec).init(r, tokens, pooled)["params"]
         for spec, r in zip(self.tasks, head_rngs)
     }
-    return {"encoder": encoder, "heads": heads}
+    return cast_floating({"encoder": encoder, "heads": heads}, self.encoder.param_dtype)
 
   def encode(self, encoder_params, batch, rng: jax.Array | None = None,
              token_rows: jax.Array | None = None) -> Features:
@@ -90,6 +91,7 @@ class MultiTaskModel:
 
   def head(self, spec: TaskSpec, head_params, features: Features, batch=None) -> jax.Array:
     """``batch`` is unused: the architectures' heads read its attention mask."""
+    head_params = compute_params(head_params, self.encoder.dtype)
     return self._head(spec).apply({"params": head_params}, *features)
 
   def apply(self, params, batch, rng: jax.Array | None = None) -> dict[str, jax.Array]:

@@ -18,6 +18,7 @@ import jax
 import ml_collections
 
 from jmtl.config import ConfigError
+from jmtl.models import precision
 from jmtl.models.bert import BertConfig
 from jmtl.pretrained import Pretrained, load, with_pretrained
 
@@ -74,13 +75,14 @@ def bert_config(config: ml_collections.ConfigDict, suite) -> BertConfig:
     if suite.vocab_size != model.config.vocab_size:
       raise ConfigError(f"the suite's tokenizer has {suite.vocab_size} tokens but "
                         f"model.pretrained has {model.config.vocab_size} embedding rows")
-    return dataclasses.replace(model.config, remat=config.train.remat)
+    return dataclasses.replace(model.config, remat=config.train.remat,
+                               **precision.from_config(m))
   try:
     return BertConfig(vocab_size=suite.vocab_size, hidden_size=m.width, num_layers=m.depth,
                       num_heads=m.num_heads, intermediate_size=m.mlp_width,
                       max_length=max(suite.buckets), dropout=m.dropout,
                       attention_dropout=m.attention_dropout, pooling=m.pooling,
-                      remat=config.train.remat)
+                      remat=config.train.remat, **precision.from_config(m))
   except ValueError as e:
     raise ConfigError(f"model: {e}") from None
 

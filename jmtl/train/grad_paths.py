@@ -15,6 +15,10 @@ Under pmap (``axis_name`` set) losses, per-task gradients and G are summed acros
 BEFORE balancing, so every device balances the global per-task gradients and takes the same
 step as one large batch. ``present`` ([T] bool, from the global label counts) tells the
 balancer which tasks have a labelled example in the global batch this step.
+
+Balancers work in float32 whatever the model's dtypes (``jmtl.models.precision``): per-task
+gradients are handed over as ``float32(...)``, so G, the solvers and the combination are
+float32; a combined representation cotangent goes back to the representation's dtype.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from jax import lax
 
 from jmtl import gradients as grads_lib
 from jmtl.balancers import Balancer, gram_matrix, weighted_sum
+from jmtl.models.precision import float32
 from jmtl.models.protocol import MultiTaskProtocol, join_params, token_table_path
 
 GradMode = Literal["exact", "rep"]
@@ -81,7 +86,7 @@ def exact_jacobian(model: MultiTaskProtocol, balancer: Balancer, params, balance
                    rng, *, axis_name=None, present=None, log_cosines=True) -> Balanced:
   task = _jacobian_fn(model, compact=False)(model, params, batch, rng, axis_name)
   losses = _psum(task.losses, axis_name)
-  task_grads = _psum(task.shared, axis_name)
+  task_grads = float32(_psum(task.shared, axis_name))
   shared, state, gram = _balance(balancer, task_grads, balancer_state,
                                  params[model.shared_key], losses, present, log_cosines)
   return Balanced(join_params(model, shared, _psum(task.heads, axis_name)), losses, state, gram)
@@ -99,8 +104,9 @@ def gram(model: MultiTaskProtocol, balancer: Balancer, params, balancer_state, b
   same_ids = model.layout == "same_input"
   task = _jacobian_fn(model, compact=True)(model, params, batch, rng, axis_name)
   losses = _psum(task.losses, axis_name)
-  task_grads = _psum(task.shared, axis_name)
-  rows, ids = task.token_rows, task.token_ids
+  task_grads = float32(_psum(task.shared, axis_name))
+  token_rows = float32(task.token_rows)
+  rows, ids = token_rows, task.token_ids
   if axis_name is not None:  # the table's G needs every device's rows, merged per id
     rows, ids = grads_lib.gather_rows(rows, axis_name), grads_lib.gather_rows(ids, axis_name)
   g = gram_matrix(task_grads)
@@ -109,7 +115,7 @@ def gram(model: MultiTaskProtocol, balancer: Balancer, params, balancer_state, b
   weights, state = balancer.weigh_gram(g, balancer_state, task_losses=losses, present=present)
   table, _ = grads_lib.split_token_table(params[model.shared_key], path)
   table_grad = (jnp.zeros_like(table) if table_frozen else grads_lib.token_table_gradient(
-      weights, task.token_rows, task.token_ids, table.shape, same_ids=same_ids))
+      weights, token_rows, task.token_ids, table.shape, same_ids=same_ids))
   shared = grads_lib.with_token_table(weighted_sum(weights, task_grads),
                                       _psum(table_grad, axis_name), path)
   return Balanced(join_params(model, shared, _psum(task.heads, axis_name)), losses, state, g)
@@ -119,7 +125,7 @@ def rep_grad(model: MultiTaskProtocol, balancer: Balancer, params, balancer_stat
              axis_name=None, present=None, log_cosines=True) -> Balanced:
   rep = grads_lib.same_input_representation(model, params, batch, rng, axis_name)
   losses = _psum(rep.losses, axis_name)
-  task_grads = rep.shared
+  task_grads = float32(rep.shared)
   if axis_name is not None:  # the balancer must see every device's examples
     task_grads = lax.all_gather(task_grads, axis_name, axis=1, tiled=True)
   combined, state, g = _balance(balancer, task_grads, balancer_state, None, losses, present,
@@ -129,6 +135,7 @@ def rep_grad(model: MultiTaskProtocol, balancer: Balancer, params, balancer_stat
     combined = jax.tree.map(
         lambda c, local: lax.dynamic_slice_in_dim(c, index * local.shape[1], local.shape[1]),
         combined, rep.shared)
+  combined = jax.tree.map(lambda c, r: c.astype(r.dtype), combined, rep.shared)
   shared = _psum(rep.backward(combined), axis_name)
   return Balanced(join_params(model, shared, _psum(rep.heads, axis_name)), losses, state, g)
 

@@ -21,7 +21,7 @@ import optax
 
 from jmtl import balancers, data, metrics as metrics_lib
 from jmtl.config import ConfigError, balancer_hparams, to_json
-from jmtl.models import EncoderConfig, MultiTaskModel, architectures
+from jmtl.models import EncoderConfig, MultiTaskModel, architectures, precision
 from jmtl.pretrained import training as pretrained_training
 from jmtl.train import checkpoint as ckpt_lib
 from jmtl.train import optim, preflight, qa_eval, runs, transfer
@@ -74,7 +74,7 @@ def build_model(config: ml_collections.ConfigDict, suite, tasks):
                             num_heads=m.num_heads, mlp_width=m.mlp_width,
                             max_length=max(suite.buckets), dropout=m.dropout,
                             attention_dropout=m.attention_dropout, pooled_width=m.pooled_width,
-                            remat=config.train.remat)
+                            remat=config.train.remat, **precision.from_config(m))
   # Declared, not guessed: a multi-input suite feeds one batch per task only with
   # data.sampler="all"; a mixture sampler draws one same-input batch of mixed rows.
   layout = suite.layout if config.data.sampler == "all" else "same_input"

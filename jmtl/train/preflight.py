@@ -17,6 +17,7 @@ from jmtl import balancers, data
 from jmtl.config import ConfigError, balancer_hparams, batch_size_of
 from jmtl.data import samplers
 from jmtl.data.spec import is_suite_file
+from jmtl.models.precision import DTYPES
 
 GRAD_MODES = ("exact", "rep")
 PARALLELISM = ("none", "pmap", "sharded")
@@ -45,6 +46,9 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
   for key in ("dropout", "attention_dropout"):
     if not 0.0 <= m[key] < 1.0:
       raise ConfigError(f"model.{key} {m[key]!r}: expected a rate in [0, 1)")
+  for key in ("dtype", "param_dtype"):
+    if key in m:
+      _choice(m[key], DTYPES, f"model.{key}")
   if "architecture" in m:
     from jmtl.models import architectures  # the Flax modules load only when asked for
     try:

@@ -126,6 +126,8 @@ def train_step(state: TrainState, batch, *, model: MultiTaskProtocol, balancer: 
                                     axis_name)
     grads = jax.tree.map(jnp.add, grads, _only_trainable(aux_grads, trainable))
   grad_norm = optax.tree.norm(grads)
+  # Balanced gradients are float32; params stored in another dtype take theirs back.
+  grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
   finite = jnp.all(jnp.isfinite(losses)) & jnp.isfinite(grad_norm)
   if aux is not None:
     finite &= jnp.isfinite(aux)

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from jmtl.models.encoder import EncoderBlock, EncoderConfig, embed_tokens, masked_mean
 from jmtl.models.heads import Head
 from jmtl.models.matmul import Dense
+from jmtl.models.precision import cast_floating, compute_params
 from jmtl.models.protocol import check_layout, private_rng
 from jmtl.tasks import TaskSpec, task_names
 
@@ -149,11 +150,13 @@ class Architecture:
     own = {spec.name: self._private_module(spec).init(r, representation,
                                                       batch["attention_mask"])["params"]
            for spec, r in zip(self.tasks, task_rngs)}
-    return {self.shared_key: shared, self.task_key: own}
+    return cast_floating({self.shared_key: shared, self.task_key: own},
+                         self.encoder.param_dtype)
 
   def encode(self, shared_params, batch, rng: jax.Array | None = None,
              token_rows: jax.Array | None = None):
     rngs = None if rng is None else {"dropout": rng}
+    shared_params = compute_params(shared_params, self.encoder.dtype, self.token_table)
     return self._shared_module().apply(
         {"params": shared_params}, batch["input_ids"], batch["attention_mask"],
         batch.get("token_type_ids"), deterministic=rng is None, rngs=rngs, token_rows=token_rows)
@@ -162,6 +165,7 @@ class Architecture:
            rng: jax.Array | None = None) -> jax.Array:
     """Task ``spec``'s outputs; ``rng`` (this task's private key) turns dropout on."""
     module = self._private_module(spec)
+    task_params = compute_params(task_params, self.encoder.dtype)
     if rng is None or not self.private_dropout:
       return module.apply({"params": task_params}, representation, batch["attention_mask"])
     return module.apply({"params": task_params}, representation, batch["attention_mask"],

@@ -35,6 +35,7 @@ import numpy as np
 
 from jmtl.models.architectures.common import Architecture, SharedExperts, Tower, mix_experts
 from jmtl.models.matmul import Dense
+from jmtl.models.precision import softmax
 
 
 ENTROPY_EPSILON = 1e-6  # the official code's EPSILON inside the log
@@ -96,7 +97,7 @@ class _SelectTower(nn.Module):
 
   def gate(self, representation, attention_mask):
     _, embeddings = representation
-    alpha = jax.nn.softmax(self.selector_mix(embeddings), axis=-1)  # [B, L, k]
+    alpha = softmax(self.selector_mix(embeddings), axis=-1)  # [B, L, k]
     return jnp.einsum("blk,blke->ble", alpha, self.selectors(representation, attention_mask))
 
   def __call__(self, representation, attention_mask):

@@ -15,6 +15,7 @@ import jax
 
 from jmtl.models.architectures.common import Architecture, SharedExperts, Tower, mix_experts
 from jmtl.models.matmul import Dense
+from jmtl.models.precision import softmax
 
 
 class _GatedTower(nn.Module):
@@ -29,7 +30,7 @@ class _GatedTower(nn.Module):
 
   def gate(self, representation, attention_mask):
     _, embeddings = representation
-    return jax.nn.softmax(self.gate_logits(embeddings), axis=-1)
+    return softmax(self.gate_logits(embeddings), axis=-1)
 
   def __call__(self, representation, attention_mask):
     experts, _ = representation

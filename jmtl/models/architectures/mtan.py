@@ -23,6 +23,7 @@ from jmtl.models.architectures.common import Architecture, Embedder, attention_b
 from jmtl.models.encoder import EncoderBlock
 from jmtl.models.heads import Head
 from jmtl.models.matmul import Dense
+from jmtl.models.precision import softmax
 
 
 class _Stages(nn.Module):
@@ -57,7 +58,7 @@ class _TaskAttention(nn.Module):
       previous = nn.gelu(Dense(width, name=f"stage_{j}")(attended)) if j + 1 < len(stages) else attended
     scores = Dense(1, name="pool_score")(attended)[..., 0]
     scores = jnp.where(attention_mask.astype(bool), scores, -1e9)
-    pooled = jnp.einsum("bl,bld->bd", jax.nn.softmax(scores, axis=-1), attended)
+    pooled = jnp.einsum("bl,bld->bd", softmax(scores, axis=-1), attended)
     pooled = jnp.tanh(Dense(self.pooled_width, name="pooler")(pooled))
     return Head(self.spec, hidden=self.head_hidden, name="head")(attended, pooled)
 

@@ -23,10 +23,11 @@ import jax.numpy as jnp
 from jmtl.models.architectures.common import (Architecture, Blocks, Embedder, Tower,
                                               attention_bias, broadcast_stacked, mix_experts)
 from jmtl.models.matmul import Dense
+from jmtl.models.precision import softmax
 
 
 def _gated(logits_layer, gate_input, experts):
-  weights = jax.nn.softmax(logits_layer(gate_input), axis=-1)
+  weights = softmax(logits_layer(gate_input), axis=-1)
   return mix_experts(weights, experts), weights
 
 
