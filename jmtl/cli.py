@@ -2,6 +2,8 @@
 
   jmtl train --config configs/default.py --workdir runs/default [--config.KEY=VALUE ...]
   jmtl train --workdir runs/default [--config.train.steps=N]   (resume with the saved config)
+  jmtl train ... --coordinator_address H:P --num_processes N --process_id I | --distributed
+                                      (one process of a multi-host run: README, Multi-host)
   jmtl eval  --workdir runs/default [--checkpoint STEP | --best] [--split test]
   jmtl predict --workdir runs/default [--checkpoint STEP | --best] --input FILE --output FILE
   jmtl data prepare SUITE [--data_dir DIR] [--force] [--min_label_count N] [tokenizer options]

@@ -81,6 +81,9 @@ class CompiledStep:
     ``place_batch`` expects them (None: all, as in every single-process run)."""
     if self.parallelism != "sharded" or jax.process_count() == 1:
       return None
+    if batch_size % self.num_devices:
+      raise ValueError(f"a batch of {batch_size} rows does not split over the run's "
+                       f"{self.num_devices} devices (config key data.batch_size)")
     indices = NamedSharding(self.mesh, P(AXIS)).addressable_devices_indices_map((batch_size,))
     return sorted({row for (rows,) in indices.values() for row in range(batch_size)[rows]})
 
