@@ -4,7 +4,6 @@ devices, and its checkpoint resumes as 1 process; bad multi-host flags are one c
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -18,16 +17,11 @@ from jmtl.train import loop
 from jmtl.train.checkpoint import Checkpoints
 from test_cli import TINY_OVERRIDES
 from test_loop import tiny_config
+from test_multihost import _free_port
 from tiny_suite import write_tiny_suite
 
 STEPS = 4
 MULTIHOST_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def _launch(args, devices, extra_env=None):
@@ -39,7 +33,7 @@ def _launch(args, devices, extra_env=None):
 
 
 def _finish(procs):
-  outs = [p.communicate(timeout=900) for p in procs]
+  outs = [p.communicate(timeout=1800) for p in procs]
   for p, (stdout, stderr) in zip(procs, outs):
     assert p.returncode == 0, stdout[-2000:] + stderr[-4000:]
   return [stdout for stdout, _ in outs]
@@ -64,24 +58,24 @@ def test_two_processes_train_like_one_with_four_devices_and_resume_as_one(tmp_pa
   suite, data_dir = write_tiny_suite(str(tmp_path / "suite")), str(tmp_path / "data")
   config = tiny_config(suite, data_dir, steps=STEPS, checkpoint_every=2, parallelism="sharded")
   config.balancer.name = "pcgrad"
-  train = lambda workdir: [
+  train = lambda workdir, data=data_dir: [
       "train", "--config", "configs/default.py", "--workdir", str(workdir),
-      f"--config.data.suite={suite}", f"--config.data.data_dir={data_dir}", *TINY_OVERRIDES,
+      f"--config.data.suite={suite}", f"--config.data.data_dir={data}", *TINY_OVERRIDES,
       "--config.balancer.name=pcgrad", "--config.train.progress=False",
       f"--config.train.steps={STEPS}", "--config.train.checkpoint_every=2",
       "--config.train.parallelism=sharded"]
   # Two processes on a fresh data_dir (process 0 builds the data, then the other reads it):
-  # process 0 named by flags, process 1 by JAX's environment variables.
-  two, port = tmp_path / "two", _free_port()
-  first, second = _finish([
+  # process 0 named by flags, process 1 by JAX's environment variables. Alongside, the
+  # reference: one process with 4 devices (its own data_dir: no race with the build).
+  two, one, port = tmp_path / "two", tmp_path / "one", _free_port()
+  first, second, _ = _finish([
       _launch([*train(two), "--coordinator_address", f"127.0.0.1:{port}",
                "--num_processes", "2", "--process_id", "0"], devices=2),
       _launch(train(two), devices=2, extra_env=dict(
           JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-          JAX_PROCESS_ID="1"))])
+          JAX_PROCESS_ID="1")),
+      _launch(train(one, str(tmp_path / "data_one")), devices=4)])
   assert f"validation at step {STEPS}" in first and "validation at step" not in second
-  one = tmp_path / "one"
-  _finish([_launch(train(one), devices=4)])
   # The 2-process run resumes from its step-2 checkpoint as 1 process (4 devices).
   resumed = tmp_path / "resumed"
   shutil.copytree(two, resumed)
@@ -126,3 +120,19 @@ def test_bad_multihost_flags_are_one_error_naming_the_flag(flags, env, message, 
   assert code == cli.EXIT_ERROR and err.count("jmtl: error:") == 1, err
   assert message in err and "Traceback" not in err
   assert not (tmp_path / "w").exists()
+
+
+def test_flags_override_jax_variables_and_distributed_leaves_the_rest_to_jax():
+  from jmtl.train.distributed import Request, resolve
+  env = dict(JAX_COORDINATOR_ADDRESS="h0:1234", JAX_NUM_PROCESSES="4", JAX_PROCESS_ID="3")
+  request = resolve({"process_id": 1}, environ=env)
+  assert (request.coordinator_address, request.num_processes, request.process_id) == (
+      "h0:1234", 4, 1)
+  assert request.origin["process_id"] == "--process_id"
+  assert request.origin["num_processes"] == "$JAX_NUM_PROCESSES"
+  assert resolve({}, environ={}) is None  # nothing asked: a single-process run
+  assert resolve({"num_processes": 1}, environ={}) is None
+  # --distributed: what is not given is for jax.distributed.initialize to detect (SLURM, TPU).
+  assert resolve({}, detect=True, environ={}) == Request(None, None, None, True, {
+      "coordinator_address": "--coordinator_address", "num_processes": "--num_processes",
+      "process_id": "--process_id"})
