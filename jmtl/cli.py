@@ -2,6 +2,8 @@
 
   jmtl train --config configs/default.py --workdir runs/default [--config.KEY=VALUE ...]
   jmtl train --workdir runs/default [--config.train.steps=N]   (resume with the saved config)
+  jmtl train ... --coordinator_address H:P --num_processes N --process_id I | --distributed
+                                      (one process of a multi-host run: README, Multi-host)
   jmtl eval  --workdir runs/default [--checkpoint STEP | --best] [--split test]
   jmtl predict --workdir runs/default [--checkpoint STEP | --best] --input FILE --output FILE
   jmtl data prepare SUITE [--data_dir DIR] [--force] [--min_label_count N] [tokenizer options]
@@ -41,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
       which.add_argument("--checkpoint", type=int, help="step to evaluate (default: newest)")
       which.add_argument("--best", action="store_true", help="the best checkpoint")
       p.add_argument("--split", default="validation", choices=("validation", "test", "train"))
+    else:
+      _add_distributed_flags(p)
   predict = commands.add_parser(
       "predict", help="label new text with a trained model",
       epilog="Input by extension: .txt (one text per line), .jsonl ('text', 'text' + "
@@ -91,6 +95,29 @@ def _parser() -> argparse.ArgumentParser:
   from jmtl.sweep import command as sweep_command
   sweep_command.add_parsers(commands)
   return parser
+
+
+def _add_distributed_flags(p: argparse.ArgumentParser) -> None:
+  group = p.add_argument_group(
+      "multi-host", "join a jax.distributed run, one process per host (README: Multi-host); "
+      "each flag falls back on $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, $JAX_PROCESS_ID")
+  group.add_argument("--coordinator_address", metavar="HOST:PORT",
+                     help="process 0's address and a free port, the same in every process")
+  group.add_argument("--num_processes", type=int, metavar="N", help="processes in the run")
+  group.add_argument("--process_id", type=int, metavar="I", help="this process: 0..N-1")
+  group.add_argument("--distributed", action="store_true",
+                     help="join, detecting what is not given from the cluster (SLURM, "
+                     "Open MPI, a Cloud TPU pod slice, Kubernetes), as jax does")
+
+
+def _join_distributed(args: argparse.Namespace) -> bool:
+  """Joins the run the flags or environment name (before JAX starts); True if it did."""
+  from jmtl.train import distributed
+  request = distributed.resolve({f: getattr(args, f) for f in distributed.NAMES},
+                                detect=args.distributed)
+  if request is not None:
+    distributed.join(request)
+  return request is not None
 
 
 def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -199,9 +226,13 @@ def main(argv: list[str] | None = None) -> int:
       _predict(args)
     else:
       from jmtl.train import loop, runs
+      joined = args.command == "train" and _join_distributed(args)
       config = runs.config_for_workdir(args.workdir, args.config, overrides)
       if args.command == "train":
         loop.train_and_evaluate(config, args.workdir, allow_data_change=args.allow_data_change)
+        if joined:
+          from jmtl.train import distributed
+          distributed.shutdown()
       else:
         loop.evaluate_checkpoint(config, args.workdir, step=args.checkpoint, best=args.best,
                                  split=args.split, allow_data_change=args.allow_data_change)

@@ -8,6 +8,8 @@ import os
 import tempfile
 from typing import Any, Callable
 
+from jmtl.train import distributed
+
 
 def _flatten(prefix: str, value: Any, out: dict[str, float]) -> None:
   if isinstance(value, dict):
@@ -27,17 +29,21 @@ class MetricLogger:
   last checkpoint, which the resumed run writes again, so each step is logged once; when the
   run had finished (``resume_step >= final_step``) its final evaluation is redone, so the
   evaluations at that step go too. TensorBoard gets ``purge_step`` for the same effect.
+
+  In a multi-process run only process 0 logs; the others' loggers write nothing.
   """
 
   def __init__(self, workdir: str, *, tensorboard: bool = False,
                warn: Callable[[str], None] = print, resume_step: int = 0,
                final_step: int | None = None):
+    self._file = self._tb = None
+    if not distributed.is_primary():
+      return
     path = os.path.join(workdir, "metrics.jsonl")
     if os.path.exists(path):  # a run killed before its first checkpoint restarts from 0
       redo_evals = final_step is not None and resume_step >= final_step
       _drop_records_after(path, resume_step, redo_evals)
     self._file = open(path, "a")
-    self._tb = None
     if tensorboard:
       try:
         from tensorboardX import SummaryWriter
@@ -48,6 +54,8 @@ class MetricLogger:
              "pip install tensorboardX (JSONL logs are written either way)")
 
   def write(self, record: dict[str, Any]) -> None:
+    if self._file is None:
+      return
     clean = json.loads(json.dumps(record, default=float),
                        parse_constant=lambda c: None)  # NaN/Inf -> null: valid JSON lines
     self._file.write(json.dumps(clean, allow_nan=False) + "\n")
@@ -61,7 +69,8 @@ class MetricLogger:
           self._tb.add_scalar(tag, value, record["step"])
 
   def close(self) -> None:
-    self._file.close()
+    if self._file is not None:
+      self._file.close()
     if self._tb is not None:
       self._tb.close()
 

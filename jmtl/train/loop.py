@@ -24,7 +24,7 @@ from jmtl.config import ConfigError, balancer_hparams, to_json
 from jmtl.models import EncoderConfig, MultiTaskModel, architectures, precision
 from jmtl.pretrained import training as pretrained_training
 from jmtl.train import checkpoint as ckpt_lib
-from jmtl.train import optim, preflight, qa_eval, runs, transfer
+from jmtl.train import distributed, optim, preflight, qa_eval, runs, transfer
 from jmtl.train.balancer_setup import build_balancer
 from jmtl.train.baselines import train_single_task_baselines
 from jmtl.train.evaluate import evaluate, make_eval_fn, selection_score
@@ -184,6 +184,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   check_workdir(workdir)
   validate_config(config)
   runs.check_identity(workdir, config)
+  if not distributed.is_primary():  # process 0 alone prints in a multi-process run
+    out = open(os.devnull, "w")
   say = lambda msg: print(msg, file=out, flush=True)
   if config.single_task:
     _, tasks = load_suite(config)
@@ -191,7 +193,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     runs.save_run(workdir, config, None)
     return train_single_task_baselines(config, workdir, tasks, train=train_and_evaluate,
                                        out=out)
-  experiment = build_experiment(config)
+  experiment = distributed.primary_first(lambda: build_experiment(config))
   suite, tasks, model = experiment.suite, experiment.tasks, experiment.model
   baselines = load_baselines(config, tasks)
   steps = config.train.steps
@@ -202,6 +204,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                             grad_mode=config.grad_mode, parallelism=t.parallelism,
                             num_devices=t.num_devices or None, log_cosines=t.log_cosines,
                             trainable=optim.trainable_mask(abstract_state.params, config))
+  iterator.read_rows(step_fn.local_rows)  # a process's rows of the global batch
   config_dict = json.loads(to_json(config))
   fingerprints = runs.run_fingerprints(suite, [tk.name for tk in tasks])
   best_value, best_mode = best_metric(t.best_metric, tasks)
@@ -254,7 +257,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     logger.write({"step": step_number, "split": split, "score": score, "tasks": results})
     return host_state, results, {"best": best_value(score, results)}
 
-  progress = _progress(t.progress, start, steps)
+  progress = _progress(t.progress and distributed.is_primary(), start, steps)
   timer = time.perf_counter()
   step_number = start
   try:
@@ -315,8 +318,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             # What a sweep report needs to rank methods and compute Δm from this file alone.
             "main_metrics": main,
             "higher_is_better": {tk.name: tk.higher_is_better for tk in tasks}}
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(result, f, indent=2, default=float)
+  if distributed.is_primary():
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(result, f, indent=2, default=float)
   return result
 
 

@@ -30,6 +30,9 @@ def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
   """A 1-D data mesh over all (global) devices, with automatic sharding propagation."""
   devices = jax.devices()
   n = num_devices or len(devices)
+  if jax.process_count() > 1 and n != len(devices):
+    raise ValueError(f"num_devices={n} (config key train.num_devices): a run of "
+                     f"{jax.process_count()} processes uses all {len(devices)} devices; use 0")
   return jax.make_mesh((n,), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
                        devices=devices[:n])
 
@@ -73,6 +76,17 @@ class CompiledStep:
       return jax.device_put(batch, sharding)
     return batch
 
+  def local_rows(self, batch_size: int) -> list[int] | None:
+    """The rows of a global batch of ``batch_size`` this process feeds, in the order
+    ``place_batch`` expects them (None: all, as in every single-process run)."""
+    if self.parallelism != "sharded" or jax.process_count() == 1:
+      return None
+    if batch_size % self.num_devices:
+      raise ValueError(f"a batch of {batch_size} rows does not split over the run's "
+                       f"{self.num_devices} devices (config key data.batch_size)")
+    indices = NamedSharding(self.mesh, P(AXIS)).addressable_devices_indices_map((batch_size,))
+    return sorted({row for (rows,) in indices.values() for row in range(batch_size)[rows]})
+
   def gather_state(self, state: TrainState) -> TrainState:
     """The state as single-device arrays (pmap: the first replica)."""
     if self.parallelism == "pmap":
@@ -94,6 +108,10 @@ def make_train_step(model: MultiTaskProtocol, balancer: Balancer,
   ``trainable``: None, or a pytree of Python bools over the params (``optim.trainable_mask``),
   static: frozen parameters are constants to the balancer and get zero gradients.
   """
+  if jax.process_count() > 1 and parallelism != "sharded":
+    raise ValueError(f"parallelism={parallelism!r} (config key train.parallelism) would train "
+                     f"each of the {jax.process_count()} processes alone: a multi-process run "
+                     "needs 'sharded'")
   kwargs = dict(model=model, balancer=balancer, optimizer=optimizer, grad_mode=grad_mode,
                 dropout=dropout, log_cosines=log_cosines, trainable=trainable)
   donate_argnums = (0,) if donate else ()

@@ -25,6 +25,7 @@ from jmtl.config import (ConfigError, config_from_dict, identity_mismatches, loa
                          to_json, with_overrides)
 from jmtl.data.sources.packages import sha256_file
 from jmtl.data.spec import is_suite_file, validate_suite_spec
+from jmtl.train import distributed
 from jmtl.train.checkpoint import CheckpointError
 
 RUN_FILE = "run.json"
@@ -128,14 +129,20 @@ def _write_atomically(path: str, text: str) -> None:
 
 def save_run(workdir: str, config: ml_collections.ConfigDict,
              fingerprints: Mapping[str, str] | None) -> None:
-  """Writes ``run.json`` for ``config`` (paths resolved) and the data it trains on."""
+  """Writes ``run.json`` for ``config`` (paths resolved) and the data it trains on (process 0
+  of a multi-process run alone writes)."""
+  if not distributed.is_primary():
+    return
   record = {"config": json.loads(to_json(config)), "suite": suite_record(config),
             "fingerprints": dict(fingerprints) if fingerprints is not None else None}
   _write_atomically(os.path.join(workdir, RUN_FILE), json.dumps(record, indent=1))
 
 
 def record_event(workdir: str, event: str, **fields: Any) -> None:
-  """Appends ``{"time", "event", **fields}`` to ``<workdir>/events.jsonl``."""
+  """Appends ``{"time", "event", **fields}`` to ``<workdir>/events.jsonl`` (once per run:
+  process 0 alone writes)."""
+  if not distributed.is_primary():
+    return
   entry = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "event": event, **fields}
   with open(os.path.join(workdir, EVENTS_FILE), "a") as f:

@@ -28,7 +28,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from jmtl.config import ConfigError
-from jmtl.train import runs
+from jmtl.train import distributed, runs
 from jmtl.train.checkpoint import CheckpointError, Checkpoints
 from jmtl.train.optim import param_paths
 
@@ -197,5 +197,7 @@ def describe(report: dict) -> str:
 
 
 def write_origin(workdir: str, report: dict) -> None:
+  if not distributed.is_primary():  # once per run
+    return
   with open(os.path.join(workdir, ORIGIN_FILE), "w") as f:
     json.dump(report, f, indent=2)

@@ -107,6 +107,30 @@ def test_iterator_state_round_trip_resumes_exactly(multi, sampler, kwargs):
     other.set_state(state if sampler != "uniform" else {**state, "sampler": "all"})
 
 
+@pytest.mark.parametrize("sampler", ["all", "uniform"])
+def test_processes_build_only_their_rows_of_the_global_batch(multi, sampler):
+  """Two processes' shares (rows 0,1,4,5 and 2,3,6,7 of 8, as a mesh may place them) are the
+  full batch's rows, padded to the full batch's length; positions advance as for all rows."""
+  shares = ([0, 1, 4, 5], [2, 3, 6, 7])
+  full = multi.train_iterator(8, sampler=sampler, seed=3)
+  parts = [multi.train_iterator(8, sampler=sampler, seed=3) for _ in shares]
+  for part, rows in zip(parts, shares):
+    part.read_rows(lambda size, rows=rows: rows if size == 8 else None)
+  own_length_differs = 0
+  for _ in range(10):
+    want, got = next(full), [next(part) for part in parts]
+    flat = lambda b: b if sampler != "all" else {f"{k}/{kk}": v for k, t in b.items()
+                                                 for kk, v in t.items()}
+    for rows, batch in zip(shares, got):
+      for key, value in flat(want).items():
+        np.testing.assert_array_equal(flat(batch)[key], value[rows], err_msg=key)
+      masks = [v for k, v in flat(batch).items() if k.endswith("attention_mask")]
+      own = max(int(m.sum(1).max()) for m in masks)  # the share's longest row
+      own_length_differs += min(b for b in multi.buckets if b >= own) < masks[0].shape[1]
+  assert own_length_differs  # some shares alone would have padded to a shorter length
+  assert all(part.get_state() == full.get_state() for part in parts)
+
+
 def test_mlm_masking_depends_on_seed_and_epoch(multi):
   source = [t.name for t in multi.tasks].index("lm")
   a = multi.row(source, "train", 3, epoch=0, seed=0)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Container, Iterator, Mapping, Sequence
+from typing import Any, Callable
 
 import grain
 import numpy as np
@@ -204,44 +204,66 @@ class TrainIterator(grain.DatasetIterator):
     self._streams = {i: EpochOrder(n, self._seed, i) for i, n in train.items()}
     self._step = 0
     self._positions = dict.fromkeys(train, 0)
+    self._local_rows = None
 
-  def _take(self, source: int, count: int) -> list[batching.Row]:
+  def read_rows(self, local_rows: Callable[[int], Sequence[int] | None] | None) -> None:
+    """Build only rows ``local_rows(batch_size)`` of each batch (a process's share of a
+    multi-process run's global batch; None: all rows). Positions, the padded length and the
+    iterator's state stay the global batch's, so they are the same in every process."""
+    self._local_rows = local_rows
+
+  def _mine(self, size: int) -> list[int]:
+    rows = self._local_rows(size) if self._local_rows is not None else None
+    return list(range(size)) if rows is None else list(rows)
+
+  def _take(self, source: int, count: int, keep: Container[int]
+            ) -> tuple[dict[int, batching.Row], int]:
+    """The next ``count`` rows of ``source``'s stream, the k-th only for k in ``keep``, as
+    {k: row}; and the longest of all ``count`` rows in tokens."""
     start = self._positions[source]
     self._positions[source] = start + count
-    rows = []
-    for position in range(start, start + count):
+    offsets = self._suite.sources[source].splits["train"].offsets
+    rows, longest = {}, 1
+    for k, position in enumerate(range(start, start + count)):
       example, epoch = self._streams[source][position]
-      rows.append(self._suite.row(source, "train", example, epoch=epoch, seed=self._seed))
-    return rows
+      longest = max(longest, int(offsets[example + 1] - offsets[example]))
+      if k in keep:
+        rows[k] = self._suite.row(source, "train", example, epoch=epoch, seed=self._seed)
+    return rows, longest
 
   def __next__(self):
     suite = self._suite
+    bucket = lambda longest: batching.bucket_length(longest, suite.buckets)
     if suite.layout == "same_input":
-      rows = self._take(0, self._sizes[None])
-      batch = suite.collate(rows, self._sizes[None])
+      mine = self._mine(self._sizes[None])
+      rows, longest = self._take(0, self._sizes[None], set(mine))
+      batch = suite.collate([rows[r] for r in mine], len(mine), length=bucket(longest))
     elif self._sampler is None:
-      per_task = {}
+      per_task, longest = {}, 1
       for index, source in enumerate(suite.sources):
         task = source.tasks[0]
         if task.name not in self._sizes:
           continue
-        per_task[task.name] = (task, self._take(index, self._sizes[task.name]))
+        mine = self._mine(self._sizes[task.name])
+        rows, most = self._take(index, self._sizes[task.name], set(mine))
+        per_task[task.name], longest = (task, [rows[r] for r in mine]), max(longest, most)
       # One length for all tasks of a step: the step compiles once per bucket,
       # not once per combination of buckets.
-      longest = max(len(r.ids) for _, rows in per_task.values() for r in rows)
-      length = batching.bucket_length(longest, suite.buckets)
-      batch = {name: suite.collate(rows, self._sizes[name], (task,), length)
+      batch = {name: suite.collate(rows, len(rows), (task,), bucket(longest))
                for name, (task, rows) in per_task.items()}
     else:
       size = self._sizes[None]
       chosen = samplers.draw(self._sampler.probabilities(self._step), size, self._seed,
                              self._step)
-      rows = [None] * size
+      mine = self._mine(size)
+      wanted, rows, longest = set(mine), {}, 1
       for source in np.unique(chosen):
         where = np.flatnonzero(chosen == source)
-        for r, row in zip(where, self._take(int(source), len(where))):
-          rows[r] = row
-      batch = suite.collate(rows, size)
+        taken, most = self._take(int(source), len(where),
+                                 {k for k, r in enumerate(where) if r in wanted})
+        rows.update({int(where[k]): row for k, row in taken.items()})
+        longest = max(longest, most)
+      batch = suite.collate([rows[r] for r in mine], len(mine), length=bucket(longest))
     self._step += 1
     return batch
 
