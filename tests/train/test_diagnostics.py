@@ -40,18 +40,18 @@ def _reference(model, params, batch, trainable, lr):
       return (model.loss_sum(spec.name, params["heads"][spec.name], features, batch)
               / model.label_count(spec.name, batch))
 
-    grads, rows, losses = [], [], []
-    for spec in model.tasks:
-      g = jax.grad(loss)(params["encoder"], spec)
-      g = jax.tree.map(lambda leaf, p: leaf if p in keep else jnp.zeros_like(leaf), g,
-                       param_paths(g))
-      grads.append(g)
-      rows.append(np.concatenate([np.asarray(v, np.float64).ravel()
-                                  for p, v in _by_path(g).items() if p in keep]))
-      losses.append(float(loss(params["encoder"], spec)))
-    affinity = np.array([[1 - float(loss(jax.tree.map(lambda p, d: p - lr * d,
-                                                      params["encoder"], g), spec)) / losses[j]
-                          for j, spec in enumerate(model.tasks)] for g in grads])
+    def masked(g):  # the frozen leaves' gradients dropped (zero)
+      return jax.tree.map(lambda leaf, p: leaf if p in keep else jnp.zeros_like(leaf), g,
+                          param_paths(g))
+
+    all_grads = jax.jit(lambda enc: [masked(jax.grad(loss)(enc, s)) for s in model.tasks])
+    all_losses = jax.jit(lambda enc: jnp.stack([loss(enc, s) for s in model.tasks]))
+    grads = all_grads(params["encoder"])
+    rows = [np.concatenate([np.asarray(v, np.float64).ravel()
+                            for p, v in _by_path(g).items() if p in keep]) for g in grads]
+    losses = np.asarray(all_losses(params["encoder"]), np.float64)
+    affinity = np.stack([1 - np.asarray(all_losses(jax.tree.map(
+        lambda p, d: p - lr * d, params["encoder"], g)), np.float64) / losses for g in grads])
   return np.stack(rows), affinity
 
 
