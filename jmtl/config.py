@@ -182,7 +182,8 @@ MUTABLE_KEYS = ("train.steps", "train.log_every", "train.eval_every", "train.che
                 "train.keep_checkpoints", "train.keep_best", "train.best_metric",
                 "train.parallelism", "train.num_devices", "train.nan_policy", "train.log_cosines",
                 "train.progress", "train.tensorboard", "data.data_dir", "data.eval_batch_size",
-                "baselines")
+                "baselines",
+                "train.affinity_every", "train.affinity_lr")  # diagnostics only
 
 
 def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -282,7 +283,9 @@ def base_config() -> ml_collections.ConfigDict:
       parallelism="none",  # none | pmap | sharded
       num_devices=0,  # 0 = all
       nan_policy="skip",  # skip (count and go on) | stop
-      log_cosines=True,
+      log_cosines=True,  # per-task gradient norms and cosines at logging steps (any method)
+      affinity_every=0,  # inter-task affinity (lookahead loss change) every N steps; 0 = off
+      affinity_lr=0.0,  # its lookahead step size; 0 = optimizer.learning_rate
       progress=True,
       tensorboard=False,
       # Recompute each encoder block's activations in the backward pass (nn.remat): less

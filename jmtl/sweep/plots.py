@@ -4,7 +4,8 @@
   point per method (its mean over seeds), and the non-dominated front of the method means;
   with more than two tasks, one panel per pair.
 - ``plot_curves``: a run's training curves from ``metrics.jsonl``: per-task loss, task
-  weights, gradient norm and pairwise gradient cosines over steps.
+  weights, gradient norm, per-task gradient norms and pairwise gradient cosines over steps
+  (the last two for every method: ``jmtl.train.diagnostics``).
 """
 
 from __future__ import annotations
@@ -121,6 +122,7 @@ def _plot_run(workdir: str, out: str) -> str:
     raise ConfigError(f"{path}: no training records yet")
   panels = [(key, title) for key, title in (
       ("losses", "per-task loss"), ("weights", "task weights"), ("grad_norm", "gradient norm"),
+      ("task_grad_norms", "per-task gradient norm (shared params)"),
       ("cosines", "pairwise gradient cosine")) if any(key in r for r in records)]
   plt = _pyplot()
   figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)

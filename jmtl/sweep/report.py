@@ -12,6 +12,8 @@ sweep directory at any time, on either split. Rules (also written into the repor
   respected, ties share the average rank), then averaged over tasks.
 - step time: 1000 / median of the run's logged ``steps_per_second``, leaving out the first
   record (it includes compilation); peak memory: the run process's peak resident memory.
+- conflict %: the percentage of a run's logged steps where two tasks' gradients of the
+  shared parameters have a negative cosine (``results.json`` ``diagnostics``).
 - within noise: |Δm(method) - Δm(reference)| < 2 * sqrt(se(method)^2 + se(reference)^2).
 """
 
@@ -105,7 +107,12 @@ def _run_values(sweep_dir: str, record: dict, split: str) -> dict[str, Any]:
   return {"run_id": record["run_id"], "seed": record["seed"], "main": main, "delta_m": delta,
           "main_metrics": result["main_metrics"], "higher_is_better": result["higher_is_better"],
           "step_ms": step_ms(os.path.join(workdir, "metrics.jsonl")),
-          "peak_rss_mb": record.get("peak_rss_mb")}
+          "peak_rss_mb": record.get("peak_rss_mb"),
+          "conflict_pct": _percent((result.get("diagnostics") or {}).get("conflict_fraction"))}
+
+
+def _percent(fraction: float | None) -> float | None:
+  return None if fraction is None else 100.0 * fraction
 
 
 def _has_split(sweep_dir: str, record: dict, split: str) -> bool:
@@ -149,6 +156,7 @@ def _summarize_suite(suite: dict, reference: str) -> None:
     entry["delta_m"] = mean_se(r["delta_m"] for r in runs)
     entry["step_ms"] = mean_se(r["step_ms"] for r in runs)
     entry["peak_rss_mb"] = mean_se(r["peak_rss_mb"] for r in runs)
+    entry["conflict_pct"] = mean_se(r["conflict_pct"] for r in runs)
   ranks = mean_ranks({g: {t: m["mean"] for t, m in e["metrics"].items()}
                       for g, e in suite["groups"].items()},
                      {t: spec["higher_is_better"] for t, spec in tasks.items()})
@@ -191,14 +199,14 @@ def to_markdown(report: dict) -> str:
     header = ["method", "seeds",
               *(f"{t} {s['metric']} {'↑' if s['higher_is_better'] else '↓'}"
                 for t, s in tasks.items()),
-              "Δm% ↑", "mean rank ↓", "ms/step", "peak RSS MB", f"vs {report['reference']}"]
+              "Δm% ↑", "mean rank ↓", "ms/step", "peak RSS MB", "conflict %", f"vs {report['reference']}"]
     lines += [f"## {name}", "", "| " + " | ".join(header) + " |",
               "|" + "---|" * len(header)]
     for group, e in suite["groups"].items():
       rank = "-" if e["mean_rank"] is None else f"{e['mean_rank']:.2f}"
       cells = [group, str(len(e["seeds"])), *(_cell(e["metrics"][t]) for t in tasks),
                _cell(e["delta_m"], 2), rank, _cell(e["step_ms"], 1),
-               _cell(e["peak_rss_mb"], 0), e["vs_reference"]]
+               _cell(e["peak_rss_mb"], 0), _cell(e["conflict_pct"], 1), e["vs_reference"]]
       lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
   return "\n".join(lines)
@@ -212,7 +220,7 @@ def to_rows(report: dict) -> list[dict[str, Any]]:
       for task, spec in suite["tasks"].items():
         key = f"{task}/{spec['metric']}"
         row[f"{key}_mean"], row[f"{key}_se"] = e["metrics"][task]["mean"], e["metrics"][task]["se"]
-      for field in ("delta_m", "step_ms", "peak_rss_mb"):
+      for field in ("delta_m", "step_ms", "peak_rss_mb", "conflict_pct"):
         row[f"{field}_mean"], row[f"{field}_se"] = e[field]["mean"], e[field]["se"]
       row["mean_rank"] = e["mean_rank"]
       row[f"vs_{report['reference']}"] = e["vs_reference"]

@@ -92,6 +92,33 @@ def exact_jacobian(model: MultiTaskProtocol, balancer: Balancer, params, balance
   return Balanced(join_params(model, shared, _psum(task.heads, axis_name)), losses, state, gram)
 
 
+class TaskGram(NamedTuple):
+  """Per-task gradients of the shared params and their G, for Gram methods and diagnostics."""
+  task: Any  # this device's TaskGradients, or CompactTaskGradients when ``compact``
+  losses: jax.Array  # [T] global per-task mean losses
+  shared: PyTree  # global per-task gradients of the shared params (compact: but the table)
+  gram: jax.Array  # [T, T] G over every shared param (the table's share unless frozen)
+  compact: bool  # the token table's gradients are per-token rows (``task.token_rows``)
+
+
+def task_gram(model: MultiTaskProtocol, params, batch, rng, *, axis_name=None,
+              table_frozen=False) -> TaskGram:
+  """Exact per-task gradients of the shared params and G; a declared token table stays
+  per-token rows (see ``jmtl.gradients._compact``), so no ``[T, V, D]`` array is formed.
+  A frozen table (``table_frozen``) adds nothing to G."""
+  compact = token_table_path(model) is not None
+  task = _jacobian_fn(model, compact=compact)(model, params, batch, rng, axis_name)
+  losses = _psum(task.losses, axis_name)
+  task_grads = float32(_psum(task.shared, axis_name))
+  g = gram_matrix(task_grads)
+  if compact and not table_frozen:
+    rows, ids = float32(task.token_rows), task.token_ids
+    if axis_name is not None:  # the table's G needs every device's rows, merged per id
+      rows, ids = grads_lib.gather_rows(rows, axis_name), grads_lib.gather_rows(ids, axis_name)
+    g = g + grads_lib.token_table_gram(rows, ids, same_ids=model.layout == "same_input")
+  return TaskGram(task, losses, task_grads, g, compact)
+
+
 def gram(model: MultiTaskProtocol, balancer: Balancer, params, balancer_state, batch, rng, *,
          axis_name=None, present=None, log_cosines=True, table_frozen=False) -> Balanced:
   """G and one combination are all a Gram method needs, so the token table's per-task
@@ -102,20 +129,12 @@ def gram(model: MultiTaskProtocol, balancer: Balancer, params, balancer_state, b
     return exact_jacobian(model, balancer, params, balancer_state, batch, rng,
                           axis_name=axis_name, present=present, log_cosines=log_cosines)
   same_ids = model.layout == "same_input"
-  task = _jacobian_fn(model, compact=True)(model, params, batch, rng, axis_name)
-  losses = _psum(task.losses, axis_name)
-  task_grads = float32(_psum(task.shared, axis_name))
-  token_rows = float32(task.token_rows)
-  rows, ids = token_rows, task.token_ids
-  if axis_name is not None:  # the table's G needs every device's rows, merged per id
-    rows, ids = grads_lib.gather_rows(rows, axis_name), grads_lib.gather_rows(ids, axis_name)
-  g = gram_matrix(task_grads)
-  if not table_frozen:
-    g = g + grads_lib.token_table_gram(rows, ids, same_ids=same_ids)
+  tg = task_gram(model, params, batch, rng, axis_name=axis_name, table_frozen=table_frozen)
+  task, losses, task_grads, g = tg.task, tg.losses, tg.shared, tg.gram
   weights, state = balancer.weigh_gram(g, balancer_state, task_losses=losses, present=present)
   table, _ = grads_lib.split_token_table(params[model.shared_key], path)
   table_grad = (jnp.zeros_like(table) if table_frozen else grads_lib.token_table_gradient(
-      weights, token_rows, task.token_ids, table.shape, same_ids=same_ids))
+      weights, float32(task.token_rows), task.token_ids, table.shape, same_ids=same_ids))
   shared = grads_lib.with_token_table(weighted_sum(weights, task_grads),
                                       _psum(table_grad, axis_name), path)
   return Balanced(join_params(model, shared, _psum(task.heads, axis_name)), losses, state, g)

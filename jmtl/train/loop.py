@@ -24,6 +24,7 @@ from jmtl.config import ConfigError, balancer_hparams, to_json
 from jmtl.models import EncoderConfig, MultiTaskModel, architectures, precision
 from jmtl.pretrained import training as pretrained_training
 from jmtl.train import checkpoint as ckpt_lib
+from jmtl.train import diagnostics as diag_lib
 from jmtl.train import distributed, optim, preflight, qa_eval, runs, transfer
 from jmtl.train.balancer_setup import build_balancer
 from jmtl.train.baselines import train_single_task_baselines
@@ -200,11 +201,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   iterator, restrict = train_iterator(config, suite, tasks)
   t = config.train
   abstract_state = jax.eval_shape(experiment.create_state)
+  trainable = optim.trainable_mask(abstract_state.params, config)
+  # Cosines (and per-task norms) come from the diagnostics at logging steps, for every
+  # method alike; the step computes no G for the logs.
   step_fn = make_train_step(model, experiment.balancer, experiment.optimizer,
                             grad_mode=config.grad_mode, parallelism=t.parallelism,
-                            num_devices=t.num_devices or None, log_cosines=t.log_cosines,
-                            trainable=optim.trainable_mask(abstract_state.params, config))
+                            num_devices=t.num_devices or None, log_cosines=False,
+                            trainable=trainable)
   iterator.read_rows(step_fn.local_rows)  # a process's rows of the global batch
+  diagnostics = diag_lib.from_config(config, step_fn, model, trainable)
   config_dict = json.loads(to_json(config))
   fingerprints = runs.run_fingerprints(suite, [tk.name for tk in tasks])
   best_value, best_mode = best_metric(t.best_metric, tasks)
@@ -262,8 +267,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   step_number = start
   try:
     while step_number < steps:
-      batch = restrict(next(iterator))
-      state, step_metrics = step_fn(state, step_fn.place_batch(batch))
+      batch = step_fn.place_batch(restrict(next(iterator)))
+      affinity = diag_lib.due(t, step_number + 1, steps) if diagnostics else None
+      if affinity is not None:  # before the step, which donates the state; not timed
+        jax.block_until_ready(state)
+        diag_start = time.perf_counter()
+        diag = diagnostics(state, batch, affinity=affinity)
+        timer += time.perf_counter() - diag_start
+      state, step_metrics = step_fn(state, batch)
       step_number += 1
       if t.nan_policy == "stop" or step_number % t.log_every == 0 or step_number == steps:
         host = jax.device_get(step_fn.unreplicate_metrics(step_metrics))
@@ -278,6 +289,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           timer = time.perf_counter()
           record = _step_record(step_number, host, names, t.log_every / max(elapsed, 1e-9))
           record["nonfinite_steps"] = int(jax.device_get(step_fn.gather_state(state).nonfinite_steps))
+          if affinity is not None:
+            record.update(diag_lib.record_fields(diag, names))
           logger.write(record)
           progress.set_postfix({n: f"{record['losses'][n]:.3f}" for n in names}, refresh=False)
       progress.update(1)
@@ -313,8 +326,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     say(f"\ntest at step {step_number}:\n" + metrics_lib.summarize_results(test, main, delta_test))
   if nonfinite:
     say(f"{nonfinite} step(s) were skipped for a non-finite loss or gradient")
+  summary = diag_lib.run_summary(workdir, say)
   result = {"step": step_number, "validation": validation, "test": test,
-            "delta_m": delta, "nonfinite_steps": nonfinite,
+            "delta_m": delta, "nonfinite_steps": nonfinite, "diagnostics": summary,
             # What a sweep report needs to rank methods and compute Δm from this file alone.
             "main_metrics": main,
             "higher_is_better": {tk.name: tk.higher_is_better for tk in tasks}}
@@ -343,10 +357,6 @@ def _step_record(step: int, host, names, steps_per_second: float) -> dict[str, A
             "grad_norm": float(host["grad_norm"]), "steps_per_second": steps_per_second}
   if "weights" in host:
     record["weights"] = dict(zip(names, np.asarray(host["weights"], float).tolist()))
-  if "cosines" in host:
-    c = np.asarray(host["cosines"], float)
-    record["cosines"] = {f"{names[i]}|{names[j]}": float(c[i, j])
-                         for i in range(len(names)) for j in range(i + 1, len(names))}
   if "aux_loss" in host:  # the model's auxiliary losses (e.g. DSelect-k's entropy term)
     record["aux_loss"] = float(host["aux_loss"])
   return record

@@ -70,8 +70,24 @@ def _check_data_and_train(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"data.buckets {d.buckets!r}: expected positive lengths")
   if d.vocab_file and not os.path.isfile(d.vocab_file):
     raise ConfigError(f"data.vocab_file {d.vocab_file!r} does not exist")
+  _check_diagnostics(t)
   if t.best_metric != "score" and "/" not in t.best_metric:
     raise ConfigError(f"train.best_metric {t.best_metric!r}: use 'score' or 'TASK/METRIC'")
+
+
+def _check_diagnostics(t: ml_collections.ConfigDict) -> None:
+  if not isinstance(t.log_cosines, bool):
+    raise ConfigError(f"train.log_cosines {t.log_cosines!r}: expected True or False")
+  every = t.affinity_every
+  if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+    raise ConfigError(f"train.affinity_every {every!r}: expected an integer >= 0 (0 = off)")
+  if every and every % t.log_every:
+    raise ConfigError(f"train.affinity_every {every} is not a multiple of train.log_every "
+                      f"{t.log_every}: affinity is logged with the training records")
+  lr = t.affinity_lr
+  if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 <= lr < float("inf"):
+    raise ConfigError(f"train.affinity_lr {lr!r}: expected a finite number >= 0 "
+                      "(0 = optimizer.learning_rate)")
 
 
 def _suite_tasks(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...] | None, str | None]:

@@ -26,7 +26,8 @@ from jmtl.train.state import TrainState
 PyTree = Any
 
 
-def _cosines(gram: jax.Array) -> jax.Array:
+def cosines_from_gram(gram: jax.Array) -> jax.Array:
+  """``G_ij / (|g_i| |g_j|)``; a zero gradient's cosines are 0 (its norm floored at 1e-15)."""
   norms = jnp.sqrt(jnp.clip(jnp.diagonal(gram), 1e-30))
   return gram / (norms[:, None] * norms[None, :])
 
@@ -75,6 +76,23 @@ def _table_frozen(model: MultiTaskProtocol, trainable) -> bool:
   return not node
 
 
+def masked_model(model: MultiTaskProtocol, trainable):
+  """``(model, table_frozen)``: the model the gradient paths differentiate, whose frozen
+  leaves (``trainable`` False) are constants, and whether the token table is frozen."""
+  table_frozen = _table_frozen(model, trainable)
+  if trainable is not None and not all(jax.tree.leaves(trainable)):
+    model = _FrozenAsConstants(model, trainable)
+  return model, table_frozen
+
+
+def step_rng(state: TrainState, axis_name: str | None = None) -> jax.Array:
+  """The step's dropout key: the state's key folded with its step (and the device index)."""
+  rng = jax.random.fold_in(state.rng, state.step)
+  if axis_name is not None:  # different dropout masks on different devices
+    rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
+  return rng
+
+
 def balanced_gradients(model: MultiTaskProtocol, balancer: Balancer, params, balancer_state,
                        batch, rng: jax.Array | None, *, grad_mode: GradMode = "exact",
                        axis_name: str | None = None, log_cosines: bool = True,
@@ -88,9 +106,7 @@ def balanced_gradients(model: MultiTaskProtocol, balancer: Balancer, params, bal
   """
   path = path_for(balancer.needs, grad_mode)
   present = label_counts(model, batch, axis_name) > 0
-  table_frozen = _table_frozen(model, trainable)
-  if trainable is not None and not all(jax.tree.leaves(trainable)):
-    model = _FrozenAsConstants(model, trainable)
+  model, table_frozen = masked_model(model, trainable)
   # The compact Gram path reads the token table's per-task rows from the embedding lookup,
   # not from the table parameter: a frozen table must be skipped there explicitly.
   extra = {"table_frozen": table_frozen} if path is grad_paths.gram else {}
@@ -110,9 +126,7 @@ def train_step(state: TrainState, batch, *, model: MultiTaskProtocol, balancer: 
   A step whose losses or gradients are not finite changes nothing but the step and
   ``nonfinite_steps`` counters, so a NaN never reaches the parameters (or a checkpoint).
   """
-  rng = jax.random.fold_in(state.rng, state.step)
-  if axis_name is not None:  # different dropout masks on different devices
-    rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
+  rng = step_rng(state, axis_name)
   grads, losses, balancer_state, gram = balanced_gradients(
       model, balancer, state.params, state.balancer_state, batch, rng if dropout else None,
       grad_mode=grad_mode, axis_name=axis_name, log_cosines=log_cosines, trainable=trainable)
@@ -146,7 +160,7 @@ def train_step(state: TrainState, batch, *, model: MultiTaskProtocol, balancer: 
   if weights is not None:
     metrics["weights"] = weights
   if gram is not None:
-    metrics["cosines"] = _cosines(gram)
+    metrics["cosines"] = cosines_from_gram(gram)
   if aux is not None:
     metrics["aux_loss"] = aux
   return new_state, metrics

@@ -38,12 +38,13 @@ def write_json(path, data):
     json.dump(data, f)
 
 
-def result(a, b, validation_shift=0.0):
+def result(a, b, validation_shift=0.0, conflict_fraction=None):
   table = lambda shift: {"a": {"accuracy": a + shift, "loss": 1.0},
                          "b": {"error": b + shift, "loss": 2.0}}
   return {"step": 10, "validation": table(validation_shift), "test": table(0.0),
           "delta_m": None, "main_metrics": {"a": "accuracy", "b": "error"},
-          "higher_is_better": {"a": True, "b": False}}
+          "higher_is_better": {"a": True, "b": False},
+          "diagnostics": {"conflict_fraction": conflict_fraction}}
 
 
 @pytest.fixture
@@ -59,7 +60,8 @@ def sweep_dir(tmp_path):
     for seed, (a, b) in enumerate(per_seed):
       run_id = f"toy/{method}/seed{seed}"
       workdir = tmp_path / "runs" / run_id
-      write_json(str(workdir / "results.json"), result(a, b, validation_shift=0.05))
+      write_json(str(workdir / "results.json"), result(a, b, validation_shift=0.05,
+                                                            conflict_fraction=0.25 * seed))
       with open(workdir / "metrics.jsonl", "w") as f:
         for step, rate in enumerate(STEPS_PER_SECOND):
           f.write(json.dumps({"step": step + 1, "split": "train", "steps_per_second": rate,
@@ -93,6 +95,9 @@ def test_means_standard_errors_delta_m_and_ranks_match_hand_computation(sweep_di
     assert entry["delta_m"]["se"] == pytest.approx(hand_se(deltas), abs=1e-9)
     assert entry["step_ms"]["mean"] == pytest.approx(1000 / 20.0)  # median of 10, 20, 40
     assert entry["peak_rss_mb"]["mean"] == pytest.approx(110.0)
+    # conflict %: 0, 25, 50 over the seeds -> 25 ± 25 / sqrt(3)
+    assert entry["conflict_pct"]["mean"] == pytest.approx(25.0)
+    assert entry["conflict_pct"]["se"] == pytest.approx(25.0 / 3 ** 0.5)
   # By hand: equal_weight Δm = 10, 45, 62.5 -> 39.17 ± 15.43 (sqrt(1429.17 / 2) / sqrt(3)).
   assert groups["equal_weight"]["delta_m"]["mean"] == pytest.approx(117.5 / 3)
   assert groups["equal_weight"]["delta_m"]["se"] == pytest.approx(15.4335, abs=1e-4)
