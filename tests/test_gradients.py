@@ -106,7 +106,8 @@ def test_jacobian_matches_float64_finite_difference():
   """Directional derivative of each task loss vs central differences, in float64."""
   with jax.enable_x64(True):
     tasks = TASKS[:3]
-    model = MultiTaskModel(TINY, tasks)
+    # The encoder computes in its config's dtype: float64 here, or the forward rounds to float32.
+    model = MultiTaskModel(dataclasses.replace(TINY, dtype="float64", param_dtype="float64"), tasks)
     batch = make_batch(tasks, batch_size=2, length=5, seed=7)
     batch = {k: (v.astype(np.float64) if v.dtype == np.float32 else v) for k, v in batch.items()}
     params = jax.tree.map(lambda x: x.astype(jnp.float64), model.init(jax.random.PRNGKey(6), batch))

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from jmtl.models.matmul import Dense, dense_dot_general
-from jmtl.models.precision import check_dtype, compute_params
+from jmtl.models.precision import at_least_float32, check_dtype, compute_params
 
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:
@@ -110,7 +110,7 @@ def masked_mean(tokens, attention_mask):
   """Mean over the non-padding tokens ``[B, L, D] -> [B, D]``, summed in float32 and
   returned in ``tokens``' dtype."""
   weights = attention_mask.astype(jnp.float32)[..., None]
-  total = jnp.sum(tokens.astype(jnp.float32) * weights, axis=-2)
+  total = jnp.sum(at_least_float32(tokens) * weights, axis=-2)
   return (total / jnp.maximum(jnp.sum(weights, axis=-2), 1.0)).astype(tokens.dtype)
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from jmtl.models.matmul import Dense
+from jmtl.models.precision import at_least_float32
 from jmtl.tasks import TaskKind, TaskSpec
 
 
@@ -15,8 +15,8 @@ class Head(nn.Module):
   Sentence-level kinds read the pooled vector ``[B, P]``; token-level kinds read token
   features ``[B, L, D]``. Outputs: classification and multi_label ``[B, C]``, regression ``[B]``, tagging and
   mlm ``[B, L, C]``, span_qa ``[B, L, 2]`` (start and end logits). The head computes in
-  its inputs' and params' dtype (``jmtl.models.precision``); its outputs are float32, so
-  every loss and softmax over them is.
+  its inputs' and params' dtype (``jmtl.models.precision``); its outputs are (at least)
+  float32, so every loss and softmax over them is.
   """
 
   spec: TaskSpec
@@ -24,7 +24,7 @@ class Head(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, pooled):
-    return self._outputs(tokens, pooled).astype(jnp.float32)
+    return at_least_float32(self._outputs(tokens, pooled))
 
   def _outputs(self, tokens, pooled):
     spec = self.spec

@@ -13,7 +13,7 @@ sharing architecture) follows it without a dtype argument of its own:
   their dtype from their inputs and params, so the whole forward then runs in ``dtype``, and
   the gradients w.r.t. the stored params come back in ``param_dtype``.
 
-Kept in float32 whatever ``dtype`` is: LayerNorm statistics (Flax computes them in at least
+Kept in (at least) float32 whatever ``dtype`` is: LayerNorm statistics (Flax computes them in at least
 float32), attention and gate softmaxes, masked mean pools, the heads' outputs and so every
 loss, and everything a balancer sees (``jmtl.train.grad_paths`` hands it ``float32(...)`` of
 the per-task gradients: G, the solvers and the combination run in float32).
@@ -27,15 +27,23 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-DTYPES: tuple[str, ...] = ("float32", "bfloat16")
+DTYPES: tuple[str, ...] = ("float32", "bfloat16")  # what a run config may ask for
+# Encoder configs also take float64, for float64 reference checks under jax.enable_x64
+# (the finite-difference tests): with dtype float32 the forward would round them down.
+MODULE_DTYPES: tuple[str, ...] = (*DTYPES, "float64")
 PyTree = Any
 
 
 def check_dtype(value, key: str) -> str:
   """``value`` if it names a supported dtype; a ValueError naming ``key`` otherwise."""
-  if value not in DTYPES:
-    raise ValueError(f"{key} {value!r}: use one of {', '.join(DTYPES)}")
+  if value not in MODULE_DTYPES:
+    raise ValueError(f"{key} {value!r}: use one of {', '.join(MODULE_DTYPES)}")
   return value
+
+
+def at_least_float32(x: jax.Array) -> jax.Array:
+  """``x`` in float32 if it is narrower (bfloat16), unchanged if wider (a float64 check)."""
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def _floating(x) -> bool:
@@ -88,4 +96,4 @@ def from_config(model_config) -> dict[str, str]:
 def softmax(logits: jax.Array, axis: int = -1) -> jax.Array:
   """``jax.nn.softmax`` computed in float32 and returned in ``logits``' dtype: attention and
   expert gates keep the compute dtype while their exponentials and sums do not lose bits."""
-  return jax.nn.softmax(logits.astype(jnp.float32), axis=axis).astype(logits.dtype)
+  return jax.nn.softmax(at_least_float32(logits), axis=axis).astype(logits.dtype)
