@@ -1,6 +1,6 @@
-"""Sharing architectures in the runner: exact resume (through the loop for PLE; for every
-architecture through the step and ``Checkpoints``), a bad ``model.architecture``, and one
-device == pmap == sharded on 2 fake devices (one subprocess, as ``test_parallel.py``)."""
+"""Sharing architectures in the runner: predict on a PLE workdir, exact resume of every
+architecture through the step and ``Checkpoints``, a bad ``model.architecture``, and one
+device == pmap or sharded on 2 fake devices (one subprocess, as ``test_parallel.py``)."""
 
 import json
 import os
@@ -17,7 +17,7 @@ import jmtl
 from jmtl.config import ConfigError
 from jmtl.models import architectures
 from jmtl.train import loop
-from test_loop import _restore, tiny_config
+from test_loop import tiny_config
 from test_predict import _conll
 from tiny_suite import write_tiny_suite
 
@@ -64,18 +64,22 @@ def test_unknown_architecture_is_a_config_error_with_a_suggestion(suite_path):
 
 
 # One subprocess (2 fake devices) for every architecture: the device count is fixed when JAX
-# starts, and one process compiles each architecture's three steps once. Each architecture
-# has its own balancer and grad mode, so the set covers every gradient path: loss-only (dwa),
+# starts, and one process compiles each architecture's steps once. Each architecture has its
+# own balancer and grad mode, so the set covers every gradient path: loss-only (dwa),
 # Jacobian (pcgrad), compact Gram (upgrad), rep-grad (mgda), GradNorm on the declared last
-# shared layer, the multi-input layout and DSelect-k's auxiliary loss. Hard sharing has the
-# same checks in test_parallel.py and test_loop.py.
-CASES = (("soft", "same_input", "mgda", "rep"),
-         ("cross_stitch", "same_input", "dwa", "exact"),
-         ("mmoe", "same_input", "pcgrad", "exact"),
-         ("cgc", "same_input", "upgrad", "exact"),
-         ("ple", "same_input", "mgda", "rep"),
-         ("dselect_k", "multi_input", "pcgrad", "exact"),
-         ("mtan", "same_input", "gradnorm", "exact"))
+# shared layer, the multi-input layout and DSelect-k's auxiliary loss. Each is checked on 2
+# devices under one of pmap / sharded (both are architecture-independent wrappers of the same
+# step, each covered by three or four architectures here and by every case of
+# test_parallel.py): two parallel compiles per architecture instead of three saved ~1/3 of
+# this test, the slowest of the suite. Hard sharing has the same checks in test_parallel.py
+# and test_loop.py.
+CASES = (("soft", "same_input", "mgda", "rep", "sharded"),
+         ("cross_stitch", "same_input", "dwa", "exact", "pmap"),
+         ("mmoe", "same_input", "pcgrad", "exact", "sharded"),
+         ("cgc", "same_input", "upgrad", "exact", "pmap"),
+         ("ple", "same_input", "mgda", "rep", "sharded"),
+         ("dselect_k", "multi_input", "pcgrad", "exact", "pmap"),
+         ("mtan", "same_input", "gradnorm", "exact", "sharded"))
 
 SCRIPT = textwrap.dedent("""
     import json, sys, tempfile
@@ -97,7 +101,7 @@ SCRIPT = textwrap.dedent("""
     optimizer = optax.sgd(0.1, momentum=0.9)
     flat = lambda state: np.concatenate(
         [np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(state.params)]).tolist()
-    for name, layout, method, grad_mode in {cases!r}:
+    for name, layout, method, grad_mode, parallel in {cases!r}:
       model = architectures.build(name, TINY, tasks, head_hidden=8, layout=layout,
                                   options=options)
       hparams = dict(layer=model.last_shared_layer) if method == "gradnorm" else {{}}
@@ -109,7 +113,7 @@ SCRIPT = textwrap.dedent("""
         return make_batch(tasks, batch_size=8, seed=step)
       create = lambda: create_train_state(model, balancer, optimizer, batch_at(0), 0)
       out = {{}}
-      for parallelism in ("none", "pmap", "sharded"):
+      for parallelism in ("none", parallel):
         step = make_train_step(model, balancer, optimizer, grad_mode=grad_mode,
                                parallelism=parallelism, num_devices=2)
         state = step.place_state(jax.jit(create)())
@@ -137,7 +141,7 @@ SCRIPT = textwrap.dedent("""
 
 def test_every_architecture_resumes_exactly_and_pmap_and_sharded_match_one_device():
   """Per architecture: 4 steps == 2 steps, checkpoint, restore, 2 more (bit for bit, the
-  whole state); pmap and jit+NamedSharding on 2 devices reach the one-device params."""
+  whole state); pmap or jit+NamedSharding on 2 devices reaches the one-device params."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
              JAX_PLATFORMS="cpu")
   code = SCRIPT.format(tests=os.path.dirname(os.path.dirname(__file__)), cases=CASES)
@@ -149,14 +153,15 @@ def test_every_architecture_resumes_exactly_and_pmap_and_sharded_match_one_devic
     if line.startswith("RESULT"):
       results.update(json.loads(line[len("RESULT"):]))
   assert sorted(results) == sorted(case[0] for case in CASES)
+  assert {c[4] for c in CASES} == {"pmap", "sharded"}
   assert {c[0] for c in CASES} | {"hard"} == set(architectures.NAMES)
   for name, final in results.items():
     assert final["devices"] == 2
     assert final["resumed_bit_identical"], f"{name}: the resumed run drifted"
-    for parallelism in ("pmap", "sharded"):
-      np.testing.assert_allclose(np.asarray(final[parallelism]), np.asarray(final["none"]),
-                                 rtol=1e-5, atol=1e-5,
-                                 err_msg=f"{name}: {parallelism} drifted from one device")
+    (parallelism,) = set(final) & {"pmap", "sharded"}
+    np.testing.assert_allclose(np.asarray(final[parallelism]), np.asarray(final["none"]),
+                               rtol=1e-5, atol=1e-5,
+                               err_msg=f"{name}: {parallelism} drifted from one device")
   assert results["dselect_k"]["aux_loss"] > 0  # the entropy term ran (and was psummed)
 
 

@@ -208,7 +208,7 @@ def test_train_and_evaluate_logs_diagnostics_for_equal_weight(suite_path, tmp_pa
   path, data_dir = suite_path
   steps = _spy_steps(monkeypatch)
   config = tiny_config(path, data_dir, steps=4, log_every=2, checkpoint_every=4,
-                       affinity_every=4)
+                       affinity_every=4, log_cosines=True)
   result = loop.train_and_evaluate(config, str(tmp_path / "on"), out=open(os.devnull, "w"))
   train = [r for r in read_jsonl(str(tmp_path / "on" / "metrics.jsonl"))
            if r["split"] == "train"]

@@ -25,7 +25,10 @@ def tiny_config(suite_path, data_dir, **train):
   c.model.update(dict(width=16, depth=1, num_heads=2, mlp_width=32, pooled_width=16,
                       head_hidden=8))
   c.optimizer.warmup_steps = 2
-  c.train.update(dict(steps=6, log_every=2, eval_every=0, checkpoint_every=3, progress=False))
+  # Diagnostics off (users' default is on): they compile a second per-task-gradient program,
+  # which doubled every loop test's compile time; test_diagnostics.py turns them on.
+  c.train.update(dict(steps=6, log_every=2, eval_every=0, checkpoint_every=3, progress=False,
+                      log_cosines=False))
   c.train.update(train)
   return c
 
@@ -50,7 +53,7 @@ def _restore(workdir, config, warn=print):
 
 def test_train_writes_logs_checkpoints_and_results(suite_path, tmp_path):
   path, data_dir = suite_path
-  config = tiny_config(path, data_dir, eval_every=3)
+  config = tiny_config(path, data_dir, eval_every=3, log_cosines=True)  # the user's default
   config.balancer.name = "pcgrad"
   result = loop.train_and_evaluate(config, str(tmp_path), out=open(os.devnull, "w"))
   assert result["step"] == 6
