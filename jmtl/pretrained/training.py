@@ -31,6 +31,12 @@ def uses_bert(config: ml_collections.ConfigDict) -> bool:
     raise ConfigError(f"model.encoder {encoder!r}: use one of {', '.join(ENCODERS)}")
   if config.model.pretrained and encoder != "bert":
     raise ConfigError(f"model.pretrained={config.model.pretrained!r} needs model.encoder='bert'")
+  architecture = config.model.get("architecture", "hard")
+  if encoder == "bert" and architecture != "hard":
+    # The other architectures stack jmtl's own (lighter) blocks into experts and columns:
+    # there is no single BERT encoder for the pretrained weights to go into.
+    raise ConfigError(f"model.encoder='bert' works with model.architecture='hard' only (got "
+                      f"{architecture!r}: its experts and columns are jmtl's own blocks)")
   return encoder == "bert"
 
 

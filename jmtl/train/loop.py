@@ -222,8 +222,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     start = 0
     if config.init_from:  # a fresh start only: a resumed run already holds these weights
       state, origin = transfer.init_from(config, state, experiment.optimizer, fingerprints,
-                                         workdir=workdir, allow_data_change=allow_data_change,
-                                         say=say)
+                                         model, workdir=workdir,
+                                         allow_data_change=allow_data_change, say=say)
       transfer.write_origin(workdir, origin)
       say(transfer.describe(origin))
   else:

@@ -1,10 +1,11 @@
 """Starting a run from another run's checkpoint: ``config.init_from = "WORKDIR[:STEP|:best]"``.
 
 Pretrain, fine-tune, fuse: train on task A then fine-tune on B, multi-task pre-finetuning then
-single-task fine-tuning (MT-DNN), adding a task to a trained model. The encoder must match
-exactly (the same parameter paths and shapes, and the same tokenizer, or token ids would
-mean other words); each head whose task name and shapes match is loaded, every other task
-gets a fresh head; the optimizer and balancer start fresh. Where the run came from is written
+single-task fine-tuning (MT-DNN), adding a task to a trained model. The shared parameters
+(the encoder for hard sharing; ``params["shared"]`` for the other architectures, which must be
+the source's) must match exactly (the same paths and shapes, and the same tokenizer, or token
+ids would mean other words); each head (task tower) whose task name and shapes match is
+loaded, every other task gets a fresh one; the optimizer and balancer start fresh. Where the run came from is written
 to ``<workdir>/init_from.json`` and to ``metrics.jsonl``.
 
 ``read_checkpoint`` reads the parameters, saved config and data fingerprints of any run
@@ -137,19 +138,36 @@ def shape_mismatches(source, target) -> list[str]:
   return lines
 
 
-def transfer_params(source: SavedRun, params: PyTree, what: str) -> tuple[PyTree, dict]:
-  """``params`` with the source's encoder and every matching head; and a report."""
-  encoder = shape_mismatches(source.params["encoder"], params["encoder"])
-  if encoder:
-    shown = [f"encoder/{line}" for line in encoder[:20]]
-    shown += [f"... and {len(encoder) - 20} more"] if len(encoder) > 20 else []
+def transfer_params(source: SavedRun, params: PyTree, what: str, *,
+                    shared_key: str = "encoder", task_key: str = "heads",
+                    architecture: str = "hard") -> tuple[PyTree, dict]:
+  """``params`` with the source's shared subtree and every matching task subtree; a report.
+
+  ``shared_key`` / ``task_key`` are the model's (``jmtl.models.protocol``): ``encoder`` /
+  ``heads`` for hard sharing, ``shared`` / ``tasks`` for the other architectures. The
+  source must have been trained with the same ``architecture``.
+  """
+  source_architecture = source.config.get("model", {}).get("architecture", "hard")
+  if source_architecture != architecture:
     raise CheckpointError(
-        f"{what}: the encoder in {source.workdir} (step {source.step}) has another shape; "
-        "mismatched parameters:\n  " + "\n  ".join(shown))
+        f"{what}: {source.workdir} (step {source.step}) was trained with "
+        f"model.architecture={source_architecture!r}, this run builds {architecture!r}: "
+        "their shared parameters do not correspond")
+  if shared_key not in source.params or task_key not in source.params:
+    raise CheckpointError(f"{what}: the checkpoint of {source.workdir} (step {source.step}) "
+                          f"has no {shared_key!r} / {task_key!r} parameters; it has "
+                          f"{sorted(source.params)}")
+  shared = shape_mismatches(source.params[shared_key], params[shared_key])
+  if shared:
+    shown = [f"{shared_key}/{line}" for line in shared[:20]]
+    shown += [f"... and {len(shared) - 20} more"] if len(shared) > 20 else []
+    raise CheckpointError(
+        f"{what}: the {shared_key} in {source.workdir} (step {source.step}) has another "
+        "shape; mismatched parameters:\n  " + "\n  ".join(shown))
   cast = lambda new, old: jax.tree.map(lambda n, o: np.asarray(n, np.asarray(o).dtype), new, old)
   heads, loaded, fresh = {}, [], {}
-  source_heads = source.params.get("heads", {})
-  for name, head in params["heads"].items():
+  source_heads = source.params.get(task_key, {})
+  for name, head in params[task_key].items():
     if name not in source_heads:
       heads[name], fresh[name] = head, "new task"
       continue
@@ -160,18 +178,21 @@ def transfer_params(source: SavedRun, params: PyTree, what: str) -> tuple[PyTree
       heads[name] = cast(source_heads[name], head)
       loaded.append(name)
   report = {"workdir": source.workdir, "step": source.step, "best": source.best,
-            "loaded": ["encoder"] + [f"heads/{n}" for n in loaded],
+            "loaded": [shared_key] + [f"{task_key}/{n}" for n in loaded],
             "fresh_heads": fresh,
-            "unused_heads": sorted(set(source_heads) - set(params["heads"])),
+            "unused_heads": sorted(set(source_heads) - set(params[task_key])),
             "source_tasks": sorted(source_heads),
             "source_init_from": source.config.get("init_from", "")}
-  return {"encoder": cast(source.params["encoder"], params["encoder"]), "heads": heads}, report
+  return {shared_key: cast(source.params[shared_key], params[shared_key]),
+          task_key: heads}, report
 
 
 def init_from(config: ml_collections.ConfigDict, state, optimizer,
-              fingerprints: Mapping[str, str], *, workdir: str | None = None,
+              fingerprints: Mapping[str, str], model, *, workdir: str | None = None,
               allow_data_change: bool = False, say=print) -> tuple[Any, dict]:
-  """The fresh ``state`` with params from ``config.init_from``; a fresh optimizer state.
+  """The fresh ``state`` of ``model`` (a ``MultiTaskProtocol``: its ``shared_key`` and
+  ``task_key`` say which subtrees are shared and per task) with params from
+  ``config.init_from``; a fresh optimizer state.
 
   ``fingerprints`` are this run's data's (``runs.run_fingerprints``): the source checkpoint
   must have been trained with the same tokenizer.
@@ -182,7 +203,9 @@ def init_from(config: ml_collections.ConfigDict, state, optimizer,
                   f"{source.step} of {source.workdir})", workdir=workdir,
                   allow_change=allow_data_change, say=say)
   params, report = transfer_params(source, jax.device_get(state.params),
-                                   f"init_from {config.init_from!r}")
+                                   f"init_from {config.init_from!r}", shared_key=model.shared_key,
+                                   task_key=model.task_key,
+                                   architecture=config.model.get("architecture", "hard"))
   params = jax.device_put(params)
   return state.replace(params=params, opt_state=optimizer.init(params)), report
 

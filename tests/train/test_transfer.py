@@ -39,7 +39,8 @@ def _fresh_and_transferred(config):
   fresh = jax.jit(experiment.create_state)()
   fresh_params = _flat(fresh.params)
   fingerprints = runs.run_fingerprints(experiment.suite, [t.name for t in experiment.tasks])
-  state, report = transfer.init_from(config, fresh, experiment.optimizer, fingerprints)
+  state, report = transfer.init_from(config, fresh, experiment.optimizer, fingerprints,
+                                     experiment.model)
   return fresh_params, state, report
 
 
@@ -211,3 +212,45 @@ def test_cli_init_from_a_missing_step_is_one_error(suite_path, source, tmp_path,
   assert code == cli.EXIT_ERROR and err.count("jmtl: error:") == 1
   assert "no checkpoint at step 7" in err and "Traceback" not in err
   assert not os.listdir(tmp_path / "run" / "checkpoints")
+
+
+def _mmoe(config):
+  config.model.update(dict(architecture="mmoe", expert_width=8, expert_depth=1, num_experts=2))
+  return config
+
+
+def test_an_expert_architecture_starts_from_a_run_of_the_same_architecture(suite_path, source,
+                                                                           tmp_path):
+  """MMoE from an MMoE run: ``params["shared"]`` (embedder, experts, gates' inputs) and the
+  matching task towers are the source's, a new task's tower is fresh; from a hard-sharing
+  run it is one error naming both architectures (their shared trees do not correspond)."""
+  path, data_dir = suite_path
+  mmoe_source = str(tmp_path / "mmoe")
+  config = _mmoe(tiny_config(path, data_dir, steps=2, checkpoint_every=2))
+  config.data.tasks = ("ner", "topic")
+  loop.train_and_evaluate(config, mmoe_source, **QUIET)
+  target = _mmoe(tiny_config(path, data_dir, steps=2))
+  target.data.tasks = ("ner", "topic", "lm")
+  target.init_from = mmoe_source
+  saved = _flat(transfer.read_checkpoint(mmoe_source).params)
+  fresh, state, report = _fresh_and_transferred(target)
+  params = _flat(state.params)
+  assert report["loaded"] == ["shared", "tasks/ner", "tasks/topic"]
+  assert report["fresh_heads"] == {"lm": "new task"}
+  for key, value in params.items():
+    expected = saved[key] if not key.startswith("tasks/lm/") else fresh[key]
+    np.testing.assert_array_equal(value, expected, err_msg=key)
+  assert any(not np.array_equal(saved[k], fresh[k]) for k in saved)  # the load is visible
+
+  target.init_from = source  # a hard-sharing run
+  with pytest.raises(CheckpointError, match="model.architecture='hard', this run builds 'mmoe'"):
+    _fresh_and_transferred(target)
+
+
+def test_bert_with_another_architecture_is_one_config_error(suite_path):
+  path, data_dir = suite_path
+  config = _mmoe(tiny_config(path, data_dir))
+  config.model.encoder = "bert"
+  with pytest.raises(ConfigError, match="model.encoder='bert' works with "
+                                        "model.architecture='hard' only.*'mmoe'"):
+    loop.build_experiment(config)
