@@ -210,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
   # Imports after parsing: `jmtl --help` stays fast.
   from jmtl.config import ConfigError
   from jmtl.data import DataError
+  from jmtl.interrupts import interrupt_on_signals
   from jmtl.train.checkpoint import CheckpointError
   from jmtl.train.loop import NonFiniteLossError
   try:
@@ -229,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
       joined = args.command == "train" and _join_distributed(args)
       config = runs.config_for_workdir(args.workdir, args.config, overrides)
       if args.command == "train":
+        interrupt_on_signals()  # Ctrl-C / SIGTERM stop at a step, even when started with &
         loop.train_and_evaluate(config, args.workdir, allow_data_change=args.allow_data_change)
         if joined:
           from jmtl.train import distributed

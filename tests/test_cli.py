@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -134,7 +135,10 @@ def test_ctrl_c_then_resume(tiny, tmp_path):
   workdir = tmp_path / "interrupted"
   args = train_args(tiny, str(workdir), "--config.train.steps=100000",
                     "--config.train.checkpoint_every=5")
-  proc = subprocess.Popen([sys.executable, "-m", "jmtl.cli", *args], stdout=subprocess.PIPE,
+  # Started as a script's background job is: with SIGINT ignored (inherited). jmtl train
+  # re-arms it; before, Ctrl-C and a sweep's stop never reached such a run.
+  command = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "jmtl.cli", *args])
+  proc = subprocess.Popen(["sh", "-c", f"trap '' INT; exec {command}"], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 300
   while time.time() < deadline:
@@ -151,6 +155,23 @@ def test_ctrl_c_then_resume(tiny, tmp_path):
                          "--config.train.checkpoint_every=5"), check=0)
   assert f"resumed from step {saved}" in out.stdout
   assert f"validation at step {saved + 2}" in out.stdout
+
+
+def test_sigterm_and_an_inherited_ignored_sigint_become_keyboard_interrupts():
+  """What ``jmtl train`` installs: SIGTERM (a scheduler's preemption) stops the run as Ctrl-C
+  does, and SIGINT works even when the process inherited it ignored."""
+  from jmtl.interrupts import interrupt_on_signals
+  saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    interrupt_on_signals()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+      with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signum)
+        time.sleep(5)  # the handler runs at the next bytecode; never sleeps this long
+  finally:
+    for signum, handler in saved.items():
+      signal.signal(signum, handler)
 
 
 def test_data_prepare_unknown_suite_is_an_error(tmp_path):

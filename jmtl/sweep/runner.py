@@ -13,6 +13,7 @@ import sys
 import time
 
 from jmtl.config import ConfigError
+from jmtl.interrupts import raise_interrupt
 from jmtl.sweep import manifest as manifest_lib
 from jmtl.sweep.executors import live_run_pid
 from jmtl.sweep.grid import Grid, Run
@@ -62,7 +63,7 @@ class _Scheduler:
              f"in {os.path.abspath(self.sweep_dir)}")
     for run in pending:
       self.manifest.update(run.run_id, status=PENDING)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
     try:
       while pending or self.executor.running():
         pending = self._start_ready(pending)
@@ -115,7 +116,3 @@ class _Scheduler:
     else:
       self.say(f"{'finished' if done else 'interrupted'} {run.run_id} "
                f"({outcome.seconds:.0f} s)")
-
-
-def _raise_interrupt(signum, frame):
-  raise KeyboardInterrupt(f"signal {signum}")
