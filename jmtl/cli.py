@@ -230,8 +230,9 @@ def main(argv: list[str] | None = None) -> int:
       joined = args.command == "train" and _join_distributed(args)
       config = runs.config_for_workdir(args.workdir, args.config, overrides)
       if args.command == "train":
-        interrupt_on_signals()  # Ctrl-C / SIGTERM stop at a step, even when started with &
-        loop.train_and_evaluate(config, args.workdir, allow_data_change=args.allow_data_change)
+        with interrupt_on_signals():  # Ctrl-C / SIGTERM stop at a step, even if started with &
+          loop.train_and_evaluate(config, args.workdir,
+                                  allow_data_change=args.allow_data_change)
         if joined:
           from jmtl.train import distributed
           distributed.shutdown()

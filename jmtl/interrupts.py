@@ -10,6 +10,7 @@ SIGTERM is what batch schedulers (SLURM preemption, Kubernetes) send before SIGK
 
 from __future__ import annotations
 
+import contextlib
 import signal
 
 
@@ -17,7 +18,15 @@ def raise_interrupt(signum, frame):
   raise KeyboardInterrupt(f"signal {signum}")
 
 
-def interrupt_on_signals() -> None:
-  """SIGINT and SIGTERM raise ``KeyboardInterrupt`` in the main thread from now on."""
+@contextlib.contextmanager
+def interrupt_on_signals():
+  """Within the block, SIGINT and SIGTERM raise ``KeyboardInterrupt`` in the main thread;
+  the previous handlers come back after it (``jmtl.cli.main`` is also called in-process)."""
+  previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
   signal.signal(signal.SIGINT, signal.default_int_handler)
   signal.signal(signal.SIGTERM, raise_interrupt)
+  try:
+    yield
+  finally:
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)
