@@ -13,10 +13,11 @@ sharing architecture) follows it without a dtype argument of its own:
   their dtype from their inputs and params, so the whole forward then runs in ``dtype``, and
   the gradients w.r.t. the stored params come back in ``param_dtype``.
 
-Kept in (at least) float32 whatever ``dtype`` is: LayerNorm statistics (Flax computes them in at least
-float32), attention and gate softmaxes, masked mean pools, the heads' outputs and so every
-loss, and everything a balancer sees (``jmtl.train.grad_paths`` hands it ``float32(...)`` of
-the per-task gradients: G, the solvers and the combination run in float32).
+Kept in (at least) float32 whatever ``dtype`` is: LayerNorm statistics (Flax computes them
+in at least float32), attention and gate softmaxes, masked mean pools, the heads' outputs and
+so every loss, and everything a balancer sees (``jmtl.train.grad_paths`` hands it
+``float32(...)`` of the per-task gradients: G, the solvers and the combination run in
+float32).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ def uses_bert(config: ml_collections.ConfigDict) -> bool:
     raise ConfigError(f"model.encoder {encoder!r}: use one of {', '.join(ENCODERS)}")
   if config.model.pretrained and encoder != "bert":
     raise ConfigError(f"model.pretrained={config.model.pretrained!r} needs model.encoder='bert'")
-  architecture = config.model.get("architecture", "hard")
+  architecture = config.model.architecture
   if encoder == "bert" and architecture != "hard":
     # The other architectures stack jmtl's own (lighter) blocks into experts and columns:
     # there is no single BERT encoder for the pretrained weights to go into.

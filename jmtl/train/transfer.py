@@ -5,8 +5,8 @@ single-task fine-tuning (MT-DNN), adding a task to a trained model. The shared p
 (the encoder for hard sharing; ``params["shared"]`` for the other architectures, which must be
 the source's) must match exactly (the same paths and shapes, and the same tokenizer, or token
 ids would mean other words); each head (task tower) whose task name and shapes match is
-loaded, every other task gets a fresh one; the optimizer and balancer start fresh. Where the run came from is written
-to ``<workdir>/init_from.json`` and to ``metrics.jsonl``.
+loaded, every other task gets a fresh one; the optimizer and balancer start fresh. Where the
+run came from is written to ``<workdir>/init_from.json`` and to ``metrics.jsonl``.
 
 ``read_checkpoint`` reads the parameters, saved config and data fingerprints of any run
 (also used by ``jmtl.predict``) without building that run's model or data: shapes come from
@@ -138,15 +138,15 @@ def shape_mismatches(source, target) -> list[str]:
   return lines
 
 
-def transfer_params(source: SavedRun, params: PyTree, what: str, *,
-                    shared_key: str = "encoder", task_key: str = "heads",
-                    architecture: str = "hard") -> tuple[PyTree, dict]:
+def transfer_params(source: SavedRun, params: PyTree, what: str, *, shared_key: str,
+                    task_key: str, architecture: str) -> tuple[PyTree, dict]:
   """``params`` with the source's shared subtree and every matching task subtree; a report.
 
   ``shared_key`` / ``task_key`` are the model's (``jmtl.models.protocol``): ``encoder`` /
   ``heads`` for hard sharing, ``shared`` / ``tasks`` for the other architectures. The
   source must have been trained with the same ``architecture``.
   """
+  # A checkpoint saved before model.architecture existed is hard sharing.
   source_architecture = source.config.get("model", {}).get("architecture", "hard")
   if source_architecture != architecture:
     raise CheckpointError(
@@ -205,7 +205,7 @@ def init_from(config: ml_collections.ConfigDict, state, optimizer,
   params, report = transfer_params(source, jax.device_get(state.params),
                                    f"init_from {config.init_from!r}", shared_key=model.shared_key,
                                    task_key=model.task_key,
-                                   architecture=config.model.get("architecture", "hard"))
+                                   architecture=config.model.architecture)
   params = jax.device_put(params)
   return state.replace(params=params, opt_state=optimizer.init(params)), report
 
