@@ -10,8 +10,12 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(os.path.dirname(os.path.dirname(__file__)), ".cache", "jax"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
-from jmtl.models import MultiTaskModel
-from tiny_model import TASKS, TINY
+from device_env import with_test_flags  # noqa: E402  (before jax reads XLA_FLAGS)
+
+os.environ["XLA_FLAGS"] = with_test_flags(os.environ.get("XLA_FLAGS", ""))
+
+from jmtl.models import MultiTaskModel  # noqa: E402
+from tiny_model import TASKS, TINY  # noqa: E402
 
 
 @pytest.fixture

@@ -16,6 +16,8 @@ import textwrap
 import numpy as np
 import pytest
 
+from device_env import fake_devices_env
+
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = textwrap.dedent("""
@@ -99,8 +101,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_bert_pmap_sharded_match_one_device_and_resume_is_exact(tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu")
+  env = fake_devices_env(2)
   code = SCRIPT.format(tests=TESTS, root=str(tmp_path))
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                        timeout=1800, cwd=TESTS)

@@ -17,6 +17,7 @@ import jmtl
 from jmtl.config import ConfigError
 from jmtl.models import architectures
 from jmtl.train import loop
+from device_env import fake_devices_env
 from test_loop import tiny_config
 from test_predict import _conll
 from tiny_suite import write_tiny_suite
@@ -142,8 +143,7 @@ SCRIPT = textwrap.dedent("""
 def test_every_architecture_resumes_exactly_and_pmap_and_sharded_match_one_device():
   """Per architecture: 4 steps == 2 steps, checkpoint, restore, 2 more (bit for bit, the
   whole state); pmap or jit+NamedSharding on 2 devices reaches the one-device params."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu")
+  env = fake_devices_env(2)
   code = SCRIPT.format(tests=os.path.dirname(os.path.dirname(__file__)), cases=CASES)
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                        timeout=900)

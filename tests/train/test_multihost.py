@@ -9,6 +9,8 @@ import textwrap
 
 import numpy as np
 
+from device_env import fake_devices_env
+
 WORKER = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, {tests!r})
@@ -54,8 +56,7 @@ def _free_port():
 
 def _results(num_processes):
   tests = os.path.dirname(os.path.dirname(__file__))
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env["JAX_PLATFORMS"] = "cpu"
+  env = fake_devices_env(1)
   port = str(_free_port())
   procs = [subprocess.Popen([sys.executable, "-c", WORKER.format(tests=tests), str(i),
                              str(num_processes), port], stdout=subprocess.PIPE,

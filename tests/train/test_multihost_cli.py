@@ -15,19 +15,18 @@ from jmtl import cli
 from jmtl.config import to_json
 from jmtl.train import loop
 from jmtl.train.checkpoint import Checkpoints
+from device_env import fake_devices_env
 from test_cli import TINY_OVERRIDES
 from test_loop import tiny_config
 from test_multihost import _free_port
 from tiny_suite import write_tiny_suite
-
 STEPS = 4
 MULTIHOST_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 
 
 def _launch(args, devices, extra_env=None):
-  env = {k: v for k, v in os.environ.items() if k not in MULTIHOST_ENV}
-  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             **(extra_env or {}))
+  env = fake_devices_env(devices, drop=MULTIHOST_ENV)
+  env.update(extra_env or {})
   return subprocess.Popen([sys.executable, "-m", "jmtl.cli", *args], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, env=env)
 

@@ -12,6 +12,8 @@ import textwrap
 
 import pytest
 
+from device_env import fake_devices_env
+
 SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np, optax
@@ -53,8 +55,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def _run(layout, method, grad_mode, n):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
-             JAX_PLATFORMS="cpu")
+  env = fake_devices_env(n)
   code = SCRIPT.format(tests=os.path.dirname(os.path.dirname(__file__)), layout=layout,
                        method=method, grad_mode=grad_mode, n=n)
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+from device_env import fake_devices_env
+
 SCRIPT = textwrap.dedent("""
     import faulthandler, json, os, sys
     faulthandler.dump_traceback_later(840, exit=True)  # a hang shows where it is
@@ -39,7 +41,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_pmap_resume_bit_identical_and_device_count_change(tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+  env = fake_devices_env(2)
   code = SCRIPT.format(here=os.path.dirname(__file__), root=str(tmp_path))
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                        timeout=900, cwd=os.path.dirname(__file__))
