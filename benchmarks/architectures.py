@@ -65,8 +65,7 @@ def step_times(configs: dict, rounds: int) -> dict[str, list[float]]:
   steps = {}
   for name, config in configs.items():
     experiment = loop.build_experiment(config)
-    iterator, restrict = loop.train_iterator(config, experiment.suite, experiment.tasks)
-    batch = restrict(next(iterator))
+    batch = next(loop.train_iterator(config, experiment.suite, experiment.tasks))
     step = make_train_step(experiment.model, experiment.balancer, experiment.optimizer,
                            grad_mode=config.grad_mode, donate=False, log_cosines=False)
     holder = {"state": step.place_state(jax.jit(experiment.create_state)()),

@@ -69,14 +69,13 @@ class Run:
     self.config = load_config(str(CONFIG), overrides)
     experiment = loop.build_experiment(self.config)
     self.names = experiment.model.names
-    self.iterator, self.restrict = loop.train_iterator(self.config, experiment.suite,
-                                                       experiment.tasks)
+    self.iterator = loop.train_iterator(self.config, experiment.suite, experiment.tasks)
     self.state = jax.jit(experiment.create_state)()
     self.step = make_train_step(experiment.model, experiment.balancer, experiment.optimizer,
                                 grad_mode=self.config.grad_mode, log_cosines=False)
 
   def batch(self):
-    return self.restrict(next(self.iterator))
+    return next(self.iterator)
 
   def __call__(self, batch):
     import jax

@@ -137,6 +137,8 @@ def per_task_int(key: str, value: Any, task_names: Sequence[str] | None = None
   """``value`` checked as a positive int or a ``{task: positive int}`` mapping whose
   tasks are among ``task_names`` (when given); a ConfigError names ``key``."""
   positive = lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0
+  if isinstance(value, ml_collections.ConfigDict):  # what a deepcopy of the config holds
+    value = value.to_dict()
   if positive(value):
     return value
   if not isinstance(value, Mapping) or not value:

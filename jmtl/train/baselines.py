@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 import ml_collections
 
+from jmtl.config import batch_size_of
 from jmtl.tasks import TaskSpec
 
 
@@ -30,6 +31,8 @@ def train_single_task_baselines(config: ml_collections.ConfigDict, workdir: str,
     with task_config.unlocked():
       task_config.single_task = False
       task_config.data.tasks = (name,)
+      if isinstance(sizes := batch_size_of(config), dict):  # each task keeps its own size
+        task_config.data.batch_size = {name: sizes[name]}
       task_config.baselines = ""
     print(f"\n== single-task baseline: {name} ==", file=out, flush=True)
     result = train(task_config, os.path.join(workdir, name), out=out)

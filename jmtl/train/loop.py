@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from jmtl import balancers, data, metrics as metrics_lib
-from jmtl.config import ConfigError, balancer_hparams, to_json
+from jmtl.config import ConfigError, balancer_hparams, batch_size_of, to_json
 from jmtl.models import EncoderConfig, MultiTaskModel, architectures, precision
 from jmtl.pretrained import training as pretrained_training
 from jmtl.train import checkpoint as ckpt_lib
@@ -89,16 +89,16 @@ def build_model(config: ml_collections.ConfigDict, suite, tasks):
 
 
 def train_iterator(config: ml_collections.ConfigDict, suite, tasks):
+  """The run's training batches. A multi-input suite draws only the run's tasks (a
+  single-task baseline reads no other task's data, and a per-task batch size names only
+  them); each task's stream is its own, so the batches equal those of the full suite."""
   d = config.data
   anneal = tuple(d.anneal) if d.sampler == "annealed" else None
-  iterator = suite.train_iterator(d.batch_size, sampler=d.sampler, temperature=d.temperature,
-                                  size_cap=d.size_cap or None, anneal=anneal, seed=config.seed)
-  names = {t.name for t in tasks}
-  def restrict(batch):  # single-task runs on a multi-input suite drop the other tasks' batches
-    if "input_ids" in batch:
-      return batch
-    return {k: v for k, v in batch.items() if k in names}
-  return iterator, restrict
+  drawn = ([t.name for t in tasks] if suite.layout == "multi_input" and d.sampler == "all"
+           else None)
+  return suite.train_iterator(batch_size_of(config), sampler=d.sampler,
+                              temperature=d.temperature, size_cap=d.size_cap or None,
+                              anneal=anneal, seed=config.seed, tasks=drawn)
 
 
 class Experiment(NamedTuple):
@@ -116,8 +116,7 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
   suite, tasks = load_suite(config)
   model = build_model(config, suite, tasks)
   optimizer = build_optimizer(config, config.train.steps)
-  examples, restrict = train_iterator(config, suite, tasks)
-  example = restrict(next(examples))
+  example = next(train_iterator(config, suite, tasks))
   balancer = build_balancer(config, model, example, suite.buckets)
   if config.grad_mode == "rep" and model.layout == "multi_input":
     raise preflight.rep_needs_one_input(suite.name)
@@ -198,7 +197,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   suite, tasks, model = experiment.suite, experiment.tasks, experiment.model
   baselines = load_baselines(config, tasks)
   steps = config.train.steps
-  iterator, restrict = train_iterator(config, suite, tasks)
+  iterator = train_iterator(config, suite, tasks)
   t = config.train
   abstract_state = jax.eval_shape(experiment.create_state)
   trainable = optim.trainable_mask(abstract_state.params, config)
@@ -267,7 +266,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   step_number = start
   try:
     while step_number < steps:
-      batch = step_fn.place_batch(restrict(next(iterator)))
+      batch = step_fn.place_batch(next(iterator))
       affinity = diag_lib.due(t, step_number + 1, steps) if diagnostics else None
       if affinity is not None:  # before the step, which donates the state; not timed
         jax.block_until_ready(state)
