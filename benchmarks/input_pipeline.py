@@ -10,6 +10,11 @@ Measures, on a built-in suite (default ``en_mix``, max_len 64):
   weights, exact per-task gradients) on those batches, after compilation
   (rows/s consumed).
 
+* loop wait (``--config FILE``, e.g. configs/minilm_en_mix.py at max_len 256): the time the
+  training loop blocks in ``next()`` per step, with batches made on the loop's thread
+  (``data.prefetch=0``) and two ahead on a background thread (the default), on the config's
+  own model and batches, syncing to the host every ``train.log_every`` steps as the loop does.
+
 The pipeline keeps up when tokenise + batch (one after the other, i.e.
 1 / (1/tokenise + 1/batch)) is >= 10x the step's consumption. Tokenizing
 happens once per suite and is cached, so the steady-state cost per step is
@@ -18,6 +23,8 @@ first epoch.
 
 Usage: python benchmarks/input_pipeline.py [--suite en_mix] [--data_dir D]
            [--batch_size 32] [--steps 10] [--out results.json]
+       python -m benchmarks.input_pipeline --config configs/minilm_en_mix.py \
+           --override data.max_len=256 --override 'data.buckets=(64,128,256)' --steps 8
 """
 
 from __future__ import annotations
@@ -100,6 +107,56 @@ def step_rate(suite, batch_size: int, sampler: str, steps: int) -> tuple[float, 
   return rows / seconds, seconds
 
 
+def loop_wait(config_path: str, overrides: list[str], steps: int, rounds: int,
+              depths=(0, 2)) -> dict:
+  """Per prefetch depth: ms per step the loop blocks in ``next()``, and ms per step in all.
+
+  A first untimed pass over the same batches compiles every bucket shape they hold (each
+  round starts a fresh iterator, so every round reads the same batches); rounds alternate
+  the depths."""
+  from jmtl.config import load_config
+  from jmtl.data.feed.prefetch import Prefetch
+  config = load_config(config_path, overrides)
+  experiment = loop.build_experiment(config)
+  step_fn = make_train_step(experiment.model, experiment.balancer, experiment.optimizer,
+                            grad_mode=config.grad_mode, log_cosines=False)
+  state = step_fn.place_state(jax.jit(experiment.create_state)())
+  fresh = lambda: loop.train_iterator(config, experiment.suite, experiment.tasks)
+  iterator = fresh()
+  for _ in range(steps):  # compile
+    state, metrics = step_fn(state, step_fn.place_batch(next(iterator)))
+  jax.block_until_ready(metrics)
+  iterator = fresh()
+  make_start = time.perf_counter()
+  for _ in range(steps):
+    next(iterator)
+  make_ms = (time.perf_counter() - make_start) / steps * 1e3
+  waits = {d: [] for d in depths}
+  totals = {d: [] for d in depths}
+  for _ in range(rounds):
+    for depth in depths:
+      batches = Prefetch(fresh(), depth)
+      time.sleep(0.5)  # a prefetching thread gets its head start, as during the loop's setup
+      waited, start = 0.0, time.perf_counter()
+      for i in range(steps):
+        asked = time.perf_counter()
+        batch = next(batches)
+        waited += time.perf_counter() - asked
+        state, metrics = step_fn(state, step_fn.place_batch(batch))
+        if (i + 1) % config.train.log_every == 0:
+          jax.device_get(metrics)
+      jax.block_until_ready(metrics)
+      totals[depth].append((time.perf_counter() - start) / steps * 1e3)
+      waits[depth].append(waited / steps * 1e3)
+      batches.close()
+  median = lambda xs: float(np.median(xs))
+  return {"config": config_path, "overrides": overrides, "steps": steps, "rounds": rounds,
+          "make_batch_ms": make_ms,
+          "depths": {str(d): {"wait_ms_per_step": median(waits[d]), "wait_ms_rounds": waits[d],
+                              "step_ms": median(totals[d]), "step_ms_rounds": totals[d]}
+                     for d in depths}}
+
+
 def _length(batch) -> int:
   if "input_ids" in batch:
     return batch["input_ids"].shape[1]
@@ -115,7 +172,23 @@ def main(argv=None) -> dict:
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--tokenise_examples", type=int, default=4000)
   parser.add_argument("--out", default=None)
+  parser.add_argument("--config", default=None,
+                      help="measure the loop's wait on this config's model and batches instead")
+  parser.add_argument("--override", action="append", default=[], help="KEY=VALUE (repeat)")
+  parser.add_argument("--rounds", type=int, default=3)
   args = parser.parse_args(argv)
+  if args.config:
+    results = loop_wait(args.config, args.override, args.steps, args.rounds)
+    print(f"{args.config} {' '.join(args.override)}: making one batch "
+          f"{results['make_batch_ms']:.1f} ms")
+    for depth, row in results["depths"].items():
+      print(f"  prefetch {depth}: the loop waits {row['wait_ms_per_step']:.2f} ms per step "
+            f"(rounds {', '.join(f'{w:.2f}' for w in row['wait_ms_rounds'])}) of "
+            f"{row['step_ms']:.0f} ms")
+    if args.out:
+      with open(args.out, "w") as handle:
+        json.dump(results, handle, indent=1)
+    return results
   quiet = lambda line: None
   data.prepare(args.suite, args.data_dir, log=quiet)
   suite = data.load_suite(args.suite, args.data_dir, max_len=args.max_len,

@@ -51,12 +51,14 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
 
 def config_from_dict(values: Mapping[str, Any]) -> ml_collections.ConfigDict:
   """A config saved as JSON (``to_json``) back as a ConfigDict; JSON lists become tuples, as
-  every sequence in ``base_config`` is one, and ``PER_TASK_KEYS`` take an int or a mapping."""
+  every sequence in ``base_config`` is one, and ``PER_TASK_KEYS`` take an int or a mapping.
+  Keys a newer jmtl added take ``base_config``'s defaults (what the older run used), so a
+  run saved by an older version still resumes, evaluates and predicts."""
   def tuples(value):
     if isinstance(value, Mapping):
       return {k: tuples(v) for k, v in value.items()}
     return tuple(tuples(v) for v in value) if isinstance(value, list) else value
-  values = tuples(values)
+  values = tuples(_with_defaults(base_config().to_dict(), values))
   per_task = {}
   for key in PER_TASK_KEYS:  # set after construction, which would make a mapping a ConfigDict
     section, _, leaf = key.rpartition(".")
@@ -68,6 +70,14 @@ def config_from_dict(values: Mapping[str, Any]) -> ml_collections.ConfigDict:
   for (section, leaf), value in per_task.items():
     (config[section] if section else config)[leaf] = value
   return config
+
+
+def _with_defaults(defaults: Mapping[str, Any], saved: Mapping[str, Any]) -> dict[str, Any]:
+  out = dict(defaults)
+  for key, value in saved.items():
+    both = isinstance(value, Mapping) and isinstance(defaults.get(key), Mapping)
+    out[key] = _with_defaults(defaults[key], value) if both else value
+  return out
 
 
 def with_overrides(config: ml_collections.ConfigDict,
@@ -184,6 +194,7 @@ MUTABLE_KEYS = ("train.steps", "train.log_every", "train.eval_every", "train.che
                 "train.keep_checkpoints", "train.keep_best", "train.best_metric",
                 "train.parallelism", "train.num_devices", "train.nan_policy", "train.log_cosines",
                 "train.progress", "train.tensorboard", "data.data_dir", "data.eval_batch_size",
+                "data.prefetch",
                 "baselines",
                 "train.affinity_every", "train.affinity_lr")  # diagnostics only
 
@@ -248,6 +259,7 @@ def base_config() -> ml_collections.ConfigDict:
       size_cap=0,  # 0 = none
       anneal=(1.0, 5.0, 1000),  # (T0, T1, steps) for sampler="annealed"
       eval_batch_size=64,
+      prefetch=2,  # training batches made ahead on a background thread; 0 = on demand
   ))
   c.model = ml_collections.ConfigDict(dict(
       encoder="transformer",  # "transformer" (jmtl's pre-LN) | "bert" (post-LN, loadable)

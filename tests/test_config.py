@@ -56,6 +56,18 @@ def test_saved_config_round_trips_through_json():
   assert again.data.buckets == (16, 32) and again.data.batch_size == {"ner": 4}
 
 
+def test_a_config_saved_by_an_older_jmtl_gets_the_new_keys_defaults():
+  import json
+  from jmtl.config import config_from_dict, to_json
+  saved = json.loads(to_json(load_config("configs/default.py", ["train.steps=7",
+                                                                "balancer.name=pcgrad"])))
+  del saved["data"]["prefetch"], saved["model"]["architecture"], saved["train"]["log_cosines"]
+  again = config_from_dict(saved)
+  assert (again.data.prefetch, again.model.architecture, again.train.log_cosines) == (
+      2, "hard", True)
+  assert again.train.steps == 7 and again.balancer.name == "pcgrad"
+
+
 def test_identity_mismatches_name_every_identity_key_and_skip_mutable_ones():
   import json
   from jmtl.config import identity_mismatches, to_json

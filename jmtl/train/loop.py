@@ -21,6 +21,7 @@ import optax
 
 from jmtl import balancers, data, metrics as metrics_lib
 from jmtl.config import ConfigError, balancer_hparams, batch_size_of, to_json
+from jmtl.data.feed.prefetch import Prefetch
 from jmtl.models import EncoderConfig, MultiTaskModel, architectures, precision
 from jmtl.pretrained import training as pretrained_training
 from jmtl.train import checkpoint as ckpt_lib
@@ -261,6 +262,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     logger.write({"step": step_number, "split": split, "score": score, "tasks": results})
     return host_state, results, {"best": best_value(score, results)}
 
+  iterator = Prefetch(iterator, config.data.prefetch)  # after the restore: none made ahead
   progress = _progress(t.progress and distributed.is_primary(), start, steps)
   timer = time.perf_counter()
   step_number = start
@@ -314,6 +316,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     raise
   finally:
     # Whatever stopped the run, saves already started complete: nothing saved is lost.
+    iterator.close()
     checkpoints.close()
     logger.close()
   nonfinite = int(jax.device_get(host_state.nonfinite_steps))

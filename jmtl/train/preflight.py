@@ -63,7 +63,8 @@ def _check_data_and_train(config: ml_collections.ConfigDict) -> None:
   _choice(d.sampler, samplers.NAMES, "data.sampler")
   _choice(t.parallelism, PARALLELISM, "train.parallelism")
   _choice(t.nan_policy, NAN_POLICIES, "train.nan_policy")
-  _positive(config, "data", "max_len", "vocab_size", "eval_batch_size")
+  _positive(config, "data", "max_len", "vocab_size", "eval_batch_size", "prefetch",
+            zero_ok=("prefetch",))
   _positive(config, "train", "steps", "log_every", "checkpoint_every", "keep_checkpoints",
             "eval_every", "num_devices", zero_ok=("eval_every", "num_devices"))
   if not d.buckets or any(not isinstance(b, int) or b < 1 for b in d.buckets):
