@@ -6,6 +6,7 @@ For T tasks on one shared text encoder, times the compiled train step of
 * ``pcgrad_exact``: PCGrad on exact per-task gradients of every shared parameter;
 * ``pcgrad_rep``: PCGrad on gradients w.r.t. the shared representation (rep-grad);
 * ``gradnorm``: GradNorm (exact per-task gradients);
+* ``graddrop``: GradDrop, which reads the whole T x P Jacobian (the exact-Jacobian path);
 
 on a *same-input* batch (one batch of 32 x 64 tokens carrying all T tasks' labels) and, for
 ``ew`` and ``pcgrad_exact``, on a *multi-input* batch (T batches of 32 x 64 tokens, one per
@@ -21,13 +22,23 @@ Protocol: every variant is compiled ahead of time (``jit(...).lower(...).compile
 tracing + lowering and XLA compilation are reported apart), run for ``--warmup`` untimed
 rounds, then ``--repeats`` rounds round robin over variants, ``--steps`` timed steps per
 variant per round, each ended with ``jax.block_until_ready``. Reported: median step time,
-and its ratio to the median EW step of the same layout.
+and its ratio to the median EW step of the same layout; the method family (the path its
+gradients take: loss-only, Gram, Jacobian, rep-grad); XLA's memory account of the compiled
+step (arguments + outputs + temporaries, and the temporaries alone); and, over the T values
+run, each variant's growth: the least-squares slope of step time in T (ms per added task)
+and the exponent of a log-log fit (1 = linear in T).
+
+``--gram_compile T`` compiles every Gram-family balancer of the registry at T tasks (same
+input) beside EW and reports each compile time against EW's (target: within 2x at T = 64):
+a method whose solver unrolls T x T work in Python shows there.
 
 Usage, from the repository root::
 
   python -m benchmarks.grad_engine                    # T = 3, 8, 16; writes results/grad_engine.{json,md}
   python -m benchmarks.grad_engine --tasks 8 --repeats 9
   python -m benchmarks.grad_engine --quick --out /tmp/ge   # tiny model, T = 3 (the test)
+  python -m benchmarks.grad_engine --tasks 32,64 --repeats 3 --steps 1 --warmup 1 \
+      --gram_compile 64 --name grad_engine_large
 """
 
 from __future__ import annotations
@@ -51,6 +62,7 @@ STEP_TARGETS = (
     ("pcgrad_rep", "same_input", None, 1.10),
 )
 COMPILE_TARGET = ("pcgrad_exact", "same_input", 16, 1.5)  # compile time vs EW's
+GRAM_COMPILE_LIMIT = 2.0  # every Gram method's compile time vs EW's, at --gram_compile T
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +90,7 @@ VARIANTS = (
     ("pcgrad_exact", "pcgrad", "exact", "same_input"),
     ("pcgrad_rep", "pcgrad", "rep", "same_input"),
     ("gradnorm", "gradnorm", "exact", "same_input"),
+    ("graddrop", "graddrop", "exact", "same_input"),
     ("ew", "equal_weight", "exact", "multi_input"),
     ("pcgrad_exact", "pcgrad", "exact", "multi_input"),
 )
@@ -109,6 +122,14 @@ def make_batch(tasks, shape: Shape, seed: int) -> dict[str, Any]:
   return batch
 
 
+def encoder_config(shape: Shape):
+  from jmtl.models import EncoderConfig
+  return EncoderConfig(vocab_size=shape.vocab_size, width=shape.width, depth=shape.depth,
+                       num_heads=shape.num_heads, mlp_width=shape.mlp_width,
+                       max_length=shape.length, pooled_width=shape.width, dropout=0.0,
+                       attention_dropout=0.0)
+
+
 class Runner:
   """One compiled variant and its (donated, hence replaced every step) train state."""
 
@@ -138,7 +159,9 @@ class Runner:
     self.compile_seconds = done - traced
     analysis = self.compiled.memory_analysis()
     # XLA's own account of the step's buffers: arguments + outputs + temporaries.
-    self.xla_temp_bytes = getattr(analysis, "temp_size_in_bytes", None)
+    self.xla_temp_bytes = int(analysis.temp_size_in_bytes)
+    self.xla_total_bytes = int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+                               + analysis.temp_size_in_bytes)
 
   def __call__(self):
     import jax
@@ -160,12 +183,9 @@ def run(shape: Shape, task_counts, repeats: int, steps: int, warmup: int, varian
   """Measures ``variants`` at every T; returns the JSON-ready result rows."""
   import numpy as np
 
-  from jmtl.models import EncoderConfig, MultiTaskModel
+  from jmtl.models import MultiTaskModel
 
-  config = EncoderConfig(vocab_size=shape.vocab_size, width=shape.width, depth=shape.depth,
-                         num_heads=shape.num_heads, mlp_width=shape.mlp_width,
-                         max_length=shape.length, pooled_width=shape.width, dropout=0.0,
-                         attention_dropout=0.0)
+  config = encoder_config(shape)
   warm_up_compiler()
   rows = []
   for num_tasks in task_counts:
@@ -201,6 +221,9 @@ def run(shape: Shape, task_counts, repeats: int, steps: int, warmup: int, varian
       base_compile = baseline.lower_seconds + baseline.compile_seconds
       rows.append({
           "tasks": num_tasks, "layout": layout, "variant": name,
+          "family": family(*next((b, g) for n, b, g, l in variants if (n, l) == (name, layout))),
+          "xla_total_mb": runner.xla_total_bytes / 2**20,
+          "xla_temp_mb": runner.xla_temp_bytes / 2**20,
           "step_seconds": summary,
           "ratio_to_ew": summary["median"] / base_summary["median"],
           "median_of_paired_ratios": _common.median_of_ratios(samples, baseline_samples),
@@ -208,6 +231,58 @@ def run(shape: Shape, task_counts, repeats: int, steps: int, warmup: int, varian
           "compile_ratio_to_ew": compile_total / base_compile,
       })
   return rows
+
+
+def family(balancer: str, grad_mode: str) -> str:
+  """The gradient path a variant takes: rep-grad, or what the balancer needs."""
+  from jmtl import balancers
+  if grad_mode == "rep":
+    return "rep-grad"
+  return {"losses": "loss-only", "gram": "Gram", "jacobian": "Jacobian"}[
+      balancers.info(balancer).needs]
+
+
+def growth(rows):
+  """Per (layout, variant) measured at two or more T: ms per added task (least-squares slope)
+  and the exponent of step time in T (log-log slope), beside EW's."""
+  import numpy as np
+  out = []
+  keys = dict.fromkeys((r["layout"], r["variant"]) for r in rows)
+  for layout, variant in keys:
+    mine = sorted((r["tasks"], r["step_seconds"]["median"] * 1e3) for r in rows
+                  if (r["layout"], r["variant"]) == (layout, variant))
+    if len(mine) < 2:
+      continue
+    t, ms = np.array(mine, dtype=float).T
+    out.append({"layout": layout, "variant": variant,
+                "family": next(r["family"] for r in rows
+                               if (r["layout"], r["variant"]) == (layout, variant)),
+                "tasks": [int(x) for x in t], "ms_per_task": float(np.polyfit(t, ms, 1)[0]),
+                "exponent": float(np.polyfit(np.log(t), np.log(ms), 1)[0])})
+  return out
+
+
+def gram_compile(shape: Shape, num_tasks: int, log=print, methods=None):
+  """Compile seconds (trace + lower + XLA) of EW and of every Gram-family balancer (or of
+  ``methods``) at T."""
+  from jmtl import balancers
+  from jmtl.models import MultiTaskModel
+  tasks = task_specs(num_tasks, shape.num_labels)
+  model = MultiTaskModel(encoder_config(shape), tasks, head_hidden=shape.head_hidden,
+                         layout="same_input")
+  batch = make_batch(tasks, shape, seed=num_tasks)
+  warm_up_compiler()
+  names = ["equal_weight"] + list(methods or [n for n in balancers.names()
+                                              if balancers.info(n).needs == "gram"])
+  seconds = {}
+  for name in names:
+    runner = Runner(model, name, "exact", batch)
+    seconds[name] = runner.lower_seconds + runner.compile_seconds
+    log(f"  gram compile T={num_tasks} {name:<14} {seconds[name]:6.2f} s")
+  return [{"tasks": num_tasks, "balancer": name, "compile_seconds": seconds[name],
+           "ratio_to_ew": seconds[name] / seconds["equal_weight"],
+           "met": seconds[name] / seconds["equal_weight"] <= GRAM_COMPILE_LIMIT}
+          for name in names[1:]]
 
 
 def targets(rows):
@@ -230,17 +305,34 @@ def targets(rows):
 
 def tables(rows, target_rows) -> str:
   steps = _common.markdown_table(
-      ["T", "layout", "variant", "median ms", "ratio to EW", "paired ratio", "lower s",
-       "compile s", "compile / EW"],
-      [[r["tasks"], r["layout"], r["variant"], _common.format_ms(r["step_seconds"]["median"]),
+      ["T", "layout", "variant", "family", "median ms", "ratio to EW", "paired ratio",
+       "lower s", "compile s", "compile / EW", "XLA MB", "temp MB"],
+      [[r["tasks"], r["layout"], r["variant"], r["family"],
+        _common.format_ms(r["step_seconds"]["median"]),
         _common.format_ratio(r["ratio_to_ew"]), _common.format_ratio(r["median_of_paired_ratios"]),
         f"{r['lower_seconds']:.2f}", f"{r['compile_seconds']:.2f}",
-        _common.format_ratio(r["compile_ratio_to_ew"])] for r in rows])
+        _common.format_ratio(r["compile_ratio_to_ew"]), f"{r['xla_total_mb']:.0f}",
+        f"{r['xla_temp_mb']:.0f}"] for r in rows])
   goals = _common.markdown_table(
       ["target", "T", "limit", "measured", "met"],
       [[t["what"], t["tasks"], f"<= {t['limit']:.2f}x", _common.format_ratio(t["value"]),
         "yes" if t["met"] else "NO"] for t in target_rows])
   return steps + "\n\n" + goals
+
+
+def growth_table(growth_rows) -> str:
+  return _common.markdown_table(
+      ["layout", "variant", "family", "T", "ms per added task", "exponent in T"],
+      [[g["layout"], g["variant"], g["family"], ",".join(map(str, g["tasks"])),
+        f"{g['ms_per_task']:.1f}", f"{g['exponent']:.2f}"] for g in growth_rows])
+
+
+def gram_compile_table(compile_rows) -> str:
+  return _common.markdown_table(
+      ["balancer", "T", "compile s", "compile / EW", f"<= {GRAM_COMPILE_LIMIT:.1f}x"],
+      [[c["balancer"], c["tasks"], f"{c['compile_seconds']:.2f}",
+        _common.format_ratio(c["ratio_to_ew"]), "yes" if c["met"] else "NO"]
+       for c in compile_rows])
 
 
 def main(argv=None):
@@ -252,9 +344,13 @@ def main(argv=None):
   parser.add_argument("--threads", type=int, default=None,
                       help="pin the process to this many CPUs (default: all allowed)")
   parser.add_argument("--quick", action="store_true",
-                      help="tiny model, T = 3, 2 rounds, no GradNorm: a smoke test of the script")
+                      help="tiny model, T = 3, 2 rounds, no GradNorm or GradDrop: a smoke "
+                      "test of the script")
   parser.add_argument("--out", type=pathlib.Path, default=_common.RESULTS,
-                      help="directory for grad_engine.json")
+                      help="directory for the results")
+  parser.add_argument("--name", default="grad_engine", help="file stem of the results")
+  parser.add_argument("--gram_compile", type=int, default=0,
+                      help="also compile every Gram method at this T against EW (0 = no)")
   args = parser.parse_args(argv)
   cpus = _common.pin_threads(args.threads)  # before JAX starts its thread pool
 
@@ -265,14 +361,24 @@ def main(argv=None):
   variants = VARIANTS
   if args.quick:  # compilation dominates here: leave out GradNorm, the slowest to compile
     shape, task_counts, repeats, steps, warmup = QUICK, [3], 2, 1, 1
-    variants = tuple(v for v in VARIANTS if v[0] != "gradnorm")
+    variants = tuple(v for v in VARIANTS if v[0] not in ("gradnorm", "graddrop"))
   print(f"grad_engine: T={task_counts}, {shape}, {repeats} rounds x {steps} steps, "
         f"CPUs {cpus}, jax {jax.__version__}", flush=True)
   rows = run(shape, task_counts, repeats, steps, warmup, variants,
              log=lambda message: print(message, flush=True))
   target_rows = targets(rows)
+  growth_rows = growth(rows)
+  compile_rows = (gram_compile(shape, args.gram_compile,
+                               log=lambda message: print(message, flush=True))
+                  if args.gram_compile else [])
+  report = tables(rows, target_rows)
+  if growth_rows:
+    report += "\n\nGrowth in T (from the step medians above):\n\n" + growth_table(growth_rows)
+  if compile_rows:
+    report += (f"\n\nCompile time of every Gram method at T = {args.gram_compile} (same "
+               f"input) against EW's:\n\n" + gram_compile_table(compile_rows))
   print()
-  print(tables(rows, target_rows))
+  print(report)
   payload = {
       "benchmark": "grad_engine",
       "note": "ratios to the equal-weight step of the same layout, measured in the same run on "
@@ -282,17 +388,18 @@ def main(argv=None):
       "protocol": {"rounds": repeats, "steps_per_round": steps, "warmup_rounds": warmup,
                    "order": "round robin over variants", "summary": "median"},
       "machine": {**_common.machine_info(), "jax": jax.__version__, "cpus_used": cpus},
-      "results": rows, "targets": target_rows,
+      "results": rows, "targets": target_rows, "growth": growth_rows,
+      "gram_compile": compile_rows,
   }
-  path = _common.write_json(args.out / "grad_engine.json", payload)
+  path = _common.write_json(args.out / f"{args.name}.json", payload)
   notes = (f"# Per-task gradient cost (jmtl train step)\n\n{payload['note']}.\n\n"
            f"Model/batch: `{dataclasses.asdict(shape)}`; multi-input: "
            f"{payload['multi_input_batch']}. Protocol: {repeats} rounds x {steps} steps, round "
            f"robin over variants after {warmup} warm-up round(s); medians. 'paired ratio': median "
            f"over samples taken in the same round. Compile: `jit(...).lower(...).compile()`, "
            f"trace+lower and XLA compile apart; the ratio is of their sum.\n\n")
-  (args.out / "grad_engine.md").write_text(notes + tables(rows, target_rows) + "\n")
-  print(f"\nwrote {path} and grad_engine.md")
+  (args.out / f"{args.name}.md").write_text(notes + report + "\n")
+  print(f"\nwrote {path} and {args.name}.md")
 
 
 if __name__ == "__main__":

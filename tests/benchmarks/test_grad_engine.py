@@ -18,6 +18,8 @@ def test_quick_run_writes_finite_positive_ratios(tmp_path):
   assert {(r["layout"], r["variant"]) for r in rows} == {
       ("same_input", "ew"), ("same_input", "pcgrad_exact"), ("same_input", "pcgrad_rep"),
       ("multi_input", "ew"), ("multi_input", "pcgrad_exact")}
+  assert {r["family"] for r in rows} == {"loss-only", "Gram", "rep-grad"}
+  assert all(r["xla_total_mb"] >= r["xla_temp_mb"] >= 0 for r in rows)
   for row in rows:
     assert row["tasks"] == 3
     for key in ("ratio_to_ew", "median_of_paired_ratios", "compile_ratio_to_ew"):
@@ -32,3 +34,31 @@ def test_quick_run_writes_finite_positive_ratios(tmp_path):
   for target in payload["targets"]:
     assert target["met"] == (target["value"] <= target["limit"])
   assert "| T | layout" in out.stdout  # the table was printed
+
+
+def test_growth_is_the_slope_and_the_log_log_exponent():
+  from benchmarks.grad_engine import growth
+  row = lambda t, ms, variant="ew": {"tasks": t, "layout": "same_input", "variant": variant,
+                                     "family": "loss-only",
+                                     "step_seconds": {"median": ms / 1e3}}
+  rows = [row(8, 80.0), row(16, 160.0), row(32, 320.0),  # linear through the origin
+          row(8, 64.0, "g"), row(16, 256.0, "g"), row(32, 1024.0, "g"),  # ~ T^2
+          row(8, 5.0, "single")]  # one T: no growth
+  by_variant = {g["variant"]: g for g in growth(rows)}
+  assert set(by_variant) == {"ew", "g"}
+  assert math.isclose(by_variant["ew"]["ms_per_task"], 10.0)
+  assert math.isclose(by_variant["ew"]["exponent"], 1.0)
+  assert math.isclose(by_variant["g"]["exponent"], 2.0)
+  # least squares over (8, 64), (16, 256), (32, 1024): slope = cov / var
+  t, ms = [8, 16, 32], [64, 256, 1024]
+  mt, mm = sum(t) / 3, sum(ms) / 3
+  slope = sum((a - mt) * (b - mm) for a, b in zip(t, ms)) / sum((a - mt) ** 2 for a in t)
+  assert math.isclose(by_variant["g"]["ms_per_task"], slope)
+
+
+def test_gram_compile_rows_compare_each_method_to_ew():
+  from benchmarks.grad_engine import QUICK, gram_compile
+  rows = gram_compile(QUICK, 2, log=lambda m: None, methods=["pcgrad", "mgda"])
+  assert [r["balancer"] for r in rows] == ["pcgrad", "mgda"]
+  for r in rows:
+    assert r["compile_seconds"] > 0 and r["met"] == (r["ratio_to_ew"] <= 2.0)
