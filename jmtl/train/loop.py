@@ -19,20 +19,20 @@ import ml_collections
 import numpy as np
 import optax
 
-from jmtl import balancers, data, metrics as metrics_lib
-from jmtl.config import ConfigError, balancer_hparams, batch_size_of, to_json
+from jmtl import data, metrics as metrics_lib
+from jmtl.config import ConfigError, batch_size_of, to_json
 from jmtl.data.feed.prefetch import Prefetch
-from jmtl.models import EncoderConfig, MultiTaskModel, architectures, precision
+from jmtl.models import EncoderConfig, architectures, precision
 from jmtl.pretrained import training as pretrained_training
 from jmtl.train import checkpoint as ckpt_lib
 from jmtl.train import diagnostics as diag_lib
 from jmtl.train import distributed, optim, preflight, qa_eval, runs, transfer
 from jmtl.train.balancer_setup import build_balancer
-from jmtl.train.baselines import train_single_task_baselines
+from jmtl.train.baselines import (delta_m, load_baselines, split_baselines,
+                                  train_single_task_baselines)
 from jmtl.train.evaluate import evaluate, make_eval_fn, selection_score
 from jmtl.train.logging import MetricLogger
 from jmtl.train.parallel import make_train_step
-from jmtl.train.runs import read_json
 from jmtl.train.state import create_train_state
 
 
@@ -151,28 +151,6 @@ def best_metric(name: str, tasks):
   return (lambda score, results: results[task][metric]), "min" if lower_is_better else "max"
 
 
-def load_baselines(config: ml_collections.ConfigDict, tasks) -> dict[str, dict[str, float]] | None:
-  """``{split: {task: baseline main metric}}`` from ``config.baselines``; a flat
-  ``{task: value}`` file holds validation baselines."""
-  path = config.baselines
-  if not path:
-    return None
-  raw = read_json(path, "baselines file", hint=" (train the single-task config first)")
-  if not isinstance(raw, dict) or not raw:
-    raise ConfigError(f"baselines file {path!r}: expected {{split: {{task: value}}}}")
-  by_split = raw if all(isinstance(v, dict) for v in raw.values()) else {"validation": raw}
-  validation = by_split.get("validation", {})
-  missing = [t.name for t in tasks if t.name not in validation]
-  if missing:
-    raise ConfigError(f"baselines file {path!r} has no validation entry for tasks {missing}")
-  zero = [t.name for t in tasks if not validation[t.name]]
-  if zero:
-    print(f"baselines file {path!r}: tasks {zero} have a zero baseline, so Δm% (a relative "
-          "change) is undefined and not reported; train the baselines longer", file=sys.stderr)
-  return {split: {t.name: float(values[t.name]) for t in tasks if t.name in values}
-          for split, values in by_split.items()}
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        out=sys.stdout, allow_data_change: bool = False) -> dict[str, Any]:
   """Trains (or resumes) and evaluates; returns ``{"step", "validation", "test", ...}``.
@@ -258,7 +236,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        suite.eval_batches(split, config.data.eval_batch_size))
     results = qa_eval.with_answer_scores(results, model, host_state.params, suite, split,
                                          config.data.eval_batch_size)
-    score = selection_score(results, tasks, _split_baselines(baselines, split, tasks))
+    score = selection_score(results, tasks, split_baselines(baselines, split, tasks))
     logger.write({"step": step_number, "split": split, "score": score, "tasks": results})
     return host_state, results, {"best": best_value(score, results)}
 
@@ -321,10 +299,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     logger.close()
   nonfinite = int(jax.device_get(host_state.nonfinite_steps))
   main = {tk.name: tk.main_metric for tk in tasks}
-  delta = _delta(validation, tasks, baselines, "validation")
+  delta = delta_m(validation, tasks, baselines, "validation")
   say(f"\nvalidation at step {step_number}:\n" + metrics_lib.summarize_results(validation, main, delta))
   if test:
-    delta_test = _delta(test, tasks, baselines, "test")
+    delta_test = delta_m(test, tasks, baselines, "test")
     say(f"\ntest at step {step_number}:\n" + metrics_lib.summarize_results(test, main, delta_test))
   if nonfinite:
     say(f"{nonfinite} step(s) were skipped for a non-finite loss or gradient")
@@ -338,19 +316,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(result, f, indent=2, default=float)
   return result
-
-
-def _split_baselines(baselines, split, tasks):
-  """The split's baselines when every task has a usable one (else None: no Δm)."""
-  values = (baselines or {}).get(split, {})
-  usable = all(t.name in values and values[t.name] != 0 and np.isfinite(values[t.name])
-               for t in tasks)
-  return values if values and usable else None
-
-
-def _delta(results, tasks, baselines, split):
-  values = _split_baselines(baselines, split, tasks)
-  return selection_score(results, tasks, values) if values else None
 
 
 def _step_record(step: int, host, names, steps_per_second: float) -> dict[str, Any]:
@@ -404,7 +369,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
                      suite.eval_batches(split, config.data.eval_batch_size))
   results = qa_eval.with_answer_scores(results, model, state.params, suite, split,
                                        config.data.eval_batch_size)
-  delta = _delta(results, tasks, load_baselines(config, tasks), split)
+  delta = delta_m(results, tasks, load_baselines(config, tasks), split)
   main = {tk.name: tk.main_metric for tk in tasks}
   print(f"{split} at step {step}:\n" + metrics_lib.summarize_results(results, main, delta),
         file=out, flush=True)
