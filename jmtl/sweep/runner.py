@@ -13,7 +13,7 @@ import sys
 import time
 
 from jmtl.config import ConfigError
-from jmtl.interrupts import raise_interrupt
+from jmtl.interrupts import interrupt_on_signals
 from jmtl.sweep import manifest as manifest_lib
 from jmtl.sweep.executors import live_run_pid
 from jmtl.sweep.grid import Grid, Run
@@ -63,7 +63,12 @@ class _Scheduler:
              f"in {os.path.abspath(self.sweep_dir)}")
     for run in pending:
       self.manifest.update(run.run_id, status=PENDING)
-    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    # SIGINT re-armed too: a sweep started in the background by a script inherits it ignored.
+    with interrupt_on_signals():
+      self._run_all(pending)
+    return self.manifest.counts(self.by_id)
+
+  def _run_all(self, pending: list[Run]) -> None:
     try:
       while pending or self.executor.running():
         pending = self._start_ready(pending)
@@ -77,9 +82,7 @@ class _Scheduler:
         self._record(self.by_id[run_id], outcome)
       raise
     finally:
-      signal.signal(signal.SIGTERM, previous)
       self.executor.close()
-    return self.manifest.counts(self.by_id)
 
   def _start_ready(self, pending: list[Run]) -> list[Run]:
     waiting = []

@@ -32,14 +32,17 @@ def sweep_command(sweep_dir, suite, data_dir, *grid):
 
 @pytest.fixture(scope="module")
 def stopped_then_resumed(tmp_path_factory):
-  """Runs the sweep, SIGTERMs it once one run is done and another is part-way, re-runs it."""
+  """Runs the sweep, Ctrl-Cs it once one run is done and another is part-way, re-runs it.
+  The sweep starts with SIGINT ignored, as a script's background job does (nohup ... &):
+  it must re-arm it (SIGTERM takes the same path: jmtl.interrupts)."""
   root = tmp_path_factory.mktemp("sweep")
   suite, data_dir, sweep_dir = write_tiny_suite(str(root / "suite")), root / "data", root / "s"
   command = sweep_command(sweep_dir, suite, data_dir, "--config.balancer.name=equal_weight,pcgrad",
                           "--config.seed=0,1")
   runs = lambda *parts: sweep_dir.joinpath("runs", *parts)
   sweep = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
+                           stderr=subprocess.STDOUT, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
   output = []
   for line in sweep.stdout:  # wait for the first run to finish
     output.append(line)
@@ -54,7 +57,7 @@ def stopped_then_resumed(tmp_path_factory):
   deadline = time.time() + 300
   while not unfinished_with_checkpoint() and time.time() < deadline:
     time.sleep(0.2)
-  sweep.send_signal(signal.SIGTERM)
+  sweep.send_signal(signal.SIGINT)
   output.append(sweep.communicate(timeout=600)[0])
   assert sweep.returncode == cli.EXIT_INTERRUPTED, "".join(output)[-3000:]
   first = json.loads((sweep_dir / "sweep.json").read_text())["runs"]
