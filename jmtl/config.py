@@ -259,6 +259,10 @@ def base_config() -> ml_collections.ConfigDict:
       size_cap=0,  # 0 = none
       anneal=(1.0, 5.0, 1000),  # (T0, T1, steps) for sampler="annealed"
       eval_batch_size=64,
+      # Multi-input steps: "shared" pads every task to the step's longest row's bucket (one
+      # compile per bucket); "own" pads each task to its own bucket (short tasks stay short,
+      # one compile per bucket combination that occurs). Same numbers either way.
+      task_lengths="shared",
       prefetch=2,  # training batches made ahead on a background thread; 0 = on demand
   ))
   c.model = ml_collections.ConfigDict(dict(

@@ -99,7 +99,8 @@ def train_iterator(config: ml_collections.ConfigDict, suite, tasks):
            else None)
   return suite.train_iterator(batch_size_of(config), sampler=d.sampler,
                               temperature=d.temperature, size_cap=d.size_cap or None,
-                              anneal=anneal, seed=config.seed, tasks=drawn)
+                              anneal=anneal, seed=config.seed, tasks=drawn,
+                              task_lengths=d.task_lengths)
 
 
 class Experiment(NamedTuple):

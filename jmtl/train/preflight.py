@@ -16,6 +16,7 @@ import ml_collections
 from jmtl import balancers, data
 from jmtl.config import ConfigError, balancer_hparams, batch_size_of
 from jmtl.data import samplers
+from jmtl.data.feed.pipeline import TASK_LENGTHS
 from jmtl.data.spec import is_suite_file
 from jmtl.models.precision import DTYPES
 
@@ -61,6 +62,7 @@ def _check_data_and_train(config: ml_collections.ConfigDict) -> None:
   d, t = config.data, config.train
   _choice(config.grad_mode, GRAD_MODES, "grad_mode")
   _choice(d.sampler, samplers.NAMES, "data.sampler")
+  _choice(d.task_lengths, TASK_LENGTHS, "data.task_lengths")
   _choice(t.parallelism, PARALLELISM, "train.parallelism")
   _choice(t.nan_policy, NAN_POLICIES, "train.nan_policy")
   _positive(config, "data", "max_len", "vocab_size", "eval_batch_size", "prefetch",

@@ -54,6 +54,30 @@ def test_all_sampler_yields_a_dict_per_task_with_one_length(multi):
     assert batch["cls"]["cls_mask"].tolist() == [1, 1, 1]
 
 
+def test_own_task_lengths_pad_each_task_to_its_own_bucket(multi):
+  """The rows of task_lengths='own' are the shared batches' rows without the padding past each
+  task's own bucket; lengths differ between tasks in some steps."""
+  sizes = {"tag": 4, "cls": 3, "lm": 2}
+  shared = multi.train_iterator(sizes, sampler="all", seed=2)
+  own = multi.train_iterator(sizes, sampler="all", seed=2, task_lengths="own")
+  steps_with_different_lengths = 0
+  for _ in range(8):
+    want, got = next(shared), next(own)
+    for name, batch in got.items():
+      longest = int(batch["attention_mask"].sum(1).max())
+      length = batch["input_ids"].shape[1]
+      assert length == min(b for b in multi.buckets if b >= longest), name
+      for key, value in want[name].items():
+        cut = value[:, :length] if value.ndim >= 2 else value
+        np.testing.assert_array_equal(batch[key], cut, err_msg=f"{name}/{key}")
+      assert not want[name]["attention_mask"][:, length:].any()
+    steps_with_different_lengths += len({b["input_ids"].shape[1] for b in got.values()}) > 1
+  assert steps_with_different_lengths
+  assert own.get_state() == shared.get_state()
+  with pytest.raises(data.DataError, match="task_lengths: expected one of shared, own"):
+    multi.train_iterator(sizes, task_lengths="each")
+
+
 def test_epochs_cover_every_example_then_reshuffle(multi):
   it = multi.train_iterator(5, sampler="all", seed=1)
   ids = [t for _ in range(6) for t in first_tokens(next(it)["cls"], range(5))]

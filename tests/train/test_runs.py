@@ -105,6 +105,7 @@ def test_bad_balancer_fails_before_data_or_workdir(tmp_path, name, hparams, erro
     ("model", "num_heads", 3, "model.width 16 is not divisible by model.num_heads 3"),
     ("optimizer", "name", "adamx", "optimizer.name 'adamx': use adamw, adam or sgd"),
     ("data", "sampler", "unifrom", "data.sampler 'unifrom': use one of"),
+    ("data", "task_lengths", "each", "data.task_lengths 'each': use one of shared, own"),
     ("train", "best_metric", "nope/accuracy", "train.best_metric 'nope/accuracy': no task"),
 ])
 def test_bad_config_fails_before_data_or_workdir(tmp_path, section, key, value, message):

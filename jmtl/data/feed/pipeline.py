@@ -14,6 +14,8 @@ from jmtl.data.errors import DataError
 from jmtl.data.feed import batching, encode, samplers, tokenize
 from jmtl.tasks import TaskKind, TaskSpec
 
+TASK_LENGTHS = ("shared", "own")  # how a multi-input step pads its tasks (train_iterator)
+
 Batch = dict[str, np.ndarray]
 
 
@@ -107,17 +109,23 @@ class Suite:
   def train_iterator(self, batch_size: int | Mapping[str, int], *, sampler: str = "all",
                      temperature: float = 2.0, size_cap: float | None = None,
                      anneal: tuple[float, float, int] | None = None,
-                     seed: int = 0, tasks: Sequence[str] | None = None) -> TrainIterator:
+                     seed: int = 0, tasks: Sequence[str] | None = None,
+                     task_lengths: str = "shared") -> TrainIterator:
     """An endless, checkpointable iterator over training batches.
 
     Same-input suites yield same-input batches with every task's labels (the
     sampler does not apply). Multi-input suites yield ``{task: batch}`` with
     ``sampler="all"`` (``batch_size`` may be a ``{task: size}`` mapping, and
     ``tasks`` limits which tasks are drawn), else one mixture batch in the
-    same-input layout whose rows' tasks are drawn from the sampler.
+    same-input layout whose rows' tasks are drawn from the sampler. There,
+    ``task_lengths`` says how the tasks of one step are padded: ``"shared"``, all
+    to the bucket of the step's longest row (a jitted step compiles at most once
+    per bucket), or ``"own"``, each to its own bucket (no tweet padded to an
+    article's length; at most one compile per combination of buckets that occurs).
     """
     return TrainIterator(self, batch_size, sampler=sampler, temperature=temperature,
-                         size_cap=size_cap, anneal=anneal, seed=seed, tasks=tasks)
+                         size_cap=size_cap, anneal=anneal, seed=seed, tasks=tasks,
+                         task_lengths=task_lengths)
 
   def eval_batches(self, split: str, batch_size: int
                    ) -> Iterator[tuple[str | None, Batch]]:
@@ -174,8 +182,12 @@ class TrainIterator(grain.DatasetIterator):
   def __init__(self, suite: Suite, batch_size: int | Mapping[str, int], *, sampler: str,
                temperature: float, size_cap: float | None,
                anneal: tuple[float, float, int] | None, seed: int,
-               tasks: Sequence[str] | None = None):
+               tasks: Sequence[str] | None = None, task_lengths: str = "shared"):
     super().__init__()
+    if task_lengths not in TASK_LENGTHS:
+      raise DataError(f"task_lengths: expected one of {', '.join(TASK_LENGTHS)}, "
+                      f"got {task_lengths!r}")
+    self._own_lengths = task_lengths == "own"
     self._suite = suite
     self._seed = int(seed)
     known = [t.name for t in suite.tasks]
@@ -239,18 +251,19 @@ class TrainIterator(grain.DatasetIterator):
       rows, longest = self._take(0, self._sizes[None], set(mine))
       batch = suite.collate([rows[r] for r in mine], len(mine), length=bucket(longest))
     elif self._sampler is None:
-      per_task, longest = {}, 1
+      per_task = {}
       for index, source in enumerate(suite.sources):
         task = source.tasks[0]
         if task.name not in self._sizes:
           continue
         mine = self._mine(self._sizes[task.name])
         rows, most = self._take(index, self._sizes[task.name], set(mine))
-        per_task[task.name], longest = (task, [rows[r] for r in mine]), max(longest, most)
-      # One length for all tasks of a step: the step compiles once per bucket,
-      # not once per combination of buckets.
-      batch = {name: suite.collate(rows, len(rows), (task,), bucket(longest))
-               for name, (task, rows) in per_task.items()}
+        per_task[task.name] = (task, [rows[r] for r in mine], most)
+      # Lengths come from the global batch's rows, so every process pads alike.
+      shared = max(most for _, _, most in per_task.values())
+      batch = {name: suite.collate(rows, len(rows), (task,),
+                                   bucket(most if self._own_lengths else shared))
+               for name, (task, rows, most) in per_task.items()}
     else:
       size = self._sizes[None]
       chosen = samplers.draw(self._sampler.probabilities(self._step), size, self._seed,
