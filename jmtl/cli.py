@@ -168,16 +168,17 @@ def _bench(name: str, args: list[str]) -> None:
 
 
 def _predict(args) -> None:
+  from jmtl import predict_files  # no JAX: a bad input file fails before any loading
+  fmt = predict_files.input_format(args.input, args.format)
+  inputs = predict_files.read_inputs(args.input, fmt)
   from jmtl import predict
-  fmt = predict.input_format(args.input, args.format)  # before loading anything
-  inputs = predict.read_inputs(args.input, fmt)
   # Loading the suite logs to stdout; with --output - stdout carries only the JSON lines.
   with contextlib.redirect_stdout(sys.stderr):
     predictor = predict.Predictor.from_workdir(args.workdir, step=args.checkpoint,
                                                best=args.best, batch_size=args.batch_size)
   predictions = predictor.predict(inputs, args.tasks, progress=not args.no_progress,
                                   warn_truncated=False)
-  predict.write_jsonl(predictions, args.output)
+  predict_files.write_jsonl(predictions, args.output)
   source = predictor.source
   print(f"jmtl predict: {predictions.summary()}; model {source['workdir']} step "
         f"{source['step']}{' (best)' if source['best'] else ''}; wrote {args.output}",
