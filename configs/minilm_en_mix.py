@@ -9,11 +9,13 @@ The PTB masked-LM task of en_mix is left out: its 30,522-way output layer over e
 as much as the whole 6-layer encoder, and MiniLM is already pre-trained; add it back with
 --config.data.tasks='("wnut16_ner","bbc_topic","ptb_mlm")'.
 
-Budget on 2 CPU cores: 300 steps of (8 BBC articles x 512 + 8 tweets x 64): an ESTIMATED
-~30-35 minutes on 2 idle cores (5-7 s a step from the FLOPs, nearly all of it BBC at 512
-tokens), plus evaluation. Not yet timed on an idle machine: a 4-step smoke run on the shared
-machine (load 15) took 160 s a step of wall time but used only 193 s of CPU in total,
-compilation and a full evaluation included.
+Budget on 2 CPU cores: 300 steps of (8 BBC articles x 512 + 8 tweets x 64; data.task_lengths
+= "own" keeps the tweets at 64 tokens): 6.6 s a step measured on 2 idle cores (0.57x the
+11.7 s of padding the tweets to 512 too; benchmarks/results/task_lengths_minilm.md), so 33
+minutes of steps, plus compiles (one per BBC bucket met) and evaluation: an estimated 40
+minutes, not timed as a whole run. The single-task baselines (configs/minilm_en_mix_single.py)
+take about as long, BBC being nearly all of both. For a shorter budget that still gets BBC
+to 0.96, see configs/sweeps/minilm_en_mix.py (200 steps at 256 tokens: 3.0 s a step).
 """
 
 from jmtl.config import base_config
@@ -26,6 +28,7 @@ def get_config():
   config.data.max_len = 512
   config.data.buckets = (64, 128, 256, 512)
   config.data.batch_size = 8
+  config.data.task_lengths = "own"  # tweets stay at 64 tokens beside 512-token articles
   config.data.eval_batch_size = 16
   config.model.encoder = "bert"
   config.model.pretrained = "minilm"

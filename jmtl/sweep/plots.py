@@ -72,19 +72,29 @@ def plot_pareto(report: dict[str, Any], out_dir: str, tasks: tuple[str, ...] = (
   return paths
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def method_styles(groups) -> dict[str, tuple[str, str]]:
+  """(colour, marker) per group, all distinct: the ten default colours, then the next marker
+  (an eleven-method sweep drew its first and last method alike)."""
+  return {group: (f"C{i % 10}", MARKERS[(i // 10) % len(MARKERS)])
+          for i, group in enumerate(groups)}
+
+
 def _pareto_panel(ax, suite: dict, pair: tuple[str, str]) -> None:
   specs = [suite["tasks"][t] for t in pair]
   means = {}
-  colors = itertools.cycle(f"C{i}" for i in range(10))
-  for group, entry in suite["groups"].items():
-    color = next(colors)
+  for group, (color, marker) in method_styles(suite["groups"]).items():
+    entry = suite["groups"][group]
     runs = [r for r in entry["runs"] if all(t in r["main"] for t in pair)]
     ax.scatter([r["main"][pair[0]] for r in runs], [r["main"][pair[1]] for r in runs],
-               s=14, alpha=0.45, color=color)
+               s=14, alpha=0.45, color=color, marker=marker)
     mean = tuple(entry["metrics"][t]["mean"] for t in pair)
     if None not in mean:
       means[group] = mean
-      ax.scatter(*mean, s=70, color=color, edgecolor="black", label=group, zorder=3)
+      ax.scatter(*mean, s=70, color=color, marker=marker, edgecolor="black", label=group,
+                 zorder=3)
   front = sorted((means[g] for g in non_dominated(means, tuple(s["higher_is_better"]
                                                                 for s in specs))))
   if front:

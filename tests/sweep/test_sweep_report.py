@@ -140,6 +140,12 @@ def test_non_dominated_front_respects_directions():
   assert sorted(plots.non_dominated(points, (True, True))) == ["p", "r", "s"]  # r: best y
 
 
+def test_every_method_of_a_large_sweep_has_its_own_style():
+  groups = [f"method{i}" for i in range(23)]
+  styles = plots.method_styles(groups)
+  assert list(styles) == groups and len(set(styles.values())) == len(groups)
+
+
 def test_plot_curves_of_a_run_and_of_every_sweep_run(sweep_dir, capsys):
   workdir = os.path.join(sweep_dir, "runs", "toy", "pcgrad", "seed1")
   out = os.path.join(sweep_dir, "one.png")
