@@ -18,13 +18,13 @@ per method and T; the median over ``--repeats`` and the ratio mask / no mask.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import _common
 from jmtl import balancers
 
 METHODS = ("equal_weight", "pcgrad", "mgda", "nash_mtl")
@@ -70,8 +70,7 @@ def main(argv=None) -> dict:
             flush=True)
   result = {"repeats": args.repeats, "rows": rows}
   if args.out:
-    with open(args.out, "w") as handle:
-      json.dump(result, handle, indent=1)
+    _common.write_json(args.out, result)
   return result
 
 

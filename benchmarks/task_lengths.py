@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
 
 import jax
 import numpy as np
 
+from benchmarks import _common
 from jmtl.config import load_config
 from jmtl.train import loop
 from jmtl.train.parallel import make_train_step
@@ -92,8 +92,7 @@ def main(argv=None) -> dict:
   print(f"own / shared: {result['ratio_own_over_shared']:.2f}x "
         f"(rounds {min(spread):.2f}-{max(spread):.2f})")
   if args.out:
-    with open(args.out, "w") as handle:
-      json.dump(result, handle, indent=1)
+    _common.write_json(args.out, result)
   return result
 
 

@@ -261,7 +261,8 @@ def base_config() -> ml_collections.ConfigDict:
       eval_batch_size=64,
       # Multi-input steps: "shared" pads every task to the step's longest row's bucket (one
       # compile per bucket); "own" pads each task to its own bucket (short tasks stay short,
-      # one compile per bucket combination that occurs). Same numbers either way.
+      # one compile per bucket combination that occurs). Same numbers up to round-off, but
+      # dropout draws follow the padded shape.
       task_lengths="shared",
       prefetch=2,  # training batches made ahead on a background thread; 0 = on demand
   ))
