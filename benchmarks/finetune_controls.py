@@ -75,7 +75,7 @@ class Variant:
     self.batch = jax.device_put(make_batch(tasks, shape, seed=0))
     self.state = jax.jit(lambda: create_train_state(model, balancer, optimizer, self.batch, 0))()
     step = make_train_step(model, balancer, optimizer, dropout=False, log_cosines=False)
-    self.compiled = step._fn.lower(self.state, self.batch).compile()
+    self.compiled = step.jitted_for(self.batch).lower(self.state, self.batch).compile()
     self.temp_bytes = getattr(self.compiled.memory_analysis(), "temp_size_in_bytes", None)
 
   def __call__(self):

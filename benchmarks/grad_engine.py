@@ -149,7 +149,9 @@ class Runner:
     self.batch = jax.device_put(batch)
     step = make_train_step(model, balancer, optimizer, grad_mode=grad_mode, dropout=False,
                            log_cosines=False)
-    jitted = step._fn  # the jax.jit object; lowered here so compile time is measured apart
+    # The jax.jit object this batch runs (every task present: no per-count solvers),
+    # lowered here so compile time is measured apart.
+    jitted = step.jitted_for(self.batch)
     start = time.perf_counter()
     lowered = jitted.lower(self.state, self.batch)
     traced = time.perf_counter()

@@ -33,6 +33,7 @@ from jmtl.gradients._compact import with_token_table
 from jmtl.gradients._task import RepresentationGradients
 from jmtl.gradients._task import aux_loss_grads
 from jmtl.gradients._task import TaskGradients
+from jmtl.gradients._task import host_every_task_present
 from jmtl.gradients._task import is_multi_input
 from jmtl.gradients._task import label_counts
 from jmtl.gradients._task import loss_denominators

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jmtl.models.protocol import (MultiTaskProtocol, feature_readers, task_aux_loss_sum,
@@ -45,6 +46,39 @@ def label_counts(model: MultiTaskProtocol, batch, axis_name: str | None = None) 
   counts = jnp.stack([model.label_count(name, task_batch).astype(jnp.float32)
                       for name, task_batch in zip(model.names, task_batches(model, batch))])
   return counts if axis_name is None else lax.psum(counts, axis_name)
+
+
+class _HostView(Mapping):
+  """A batch whose arrays are read on the host when a key is read (nested task batches too)."""
+
+  def __init__(self, batch: Mapping):
+    self._batch = batch
+
+  def __getitem__(self, key):
+    value = self._batch[key]
+    return _HostView(value) if isinstance(value, Mapping) else np.asarray(value)
+
+  def __iter__(self):
+    return iter(self._batch)
+
+  def __len__(self):
+    return len(self._batch)
+
+
+def host_every_task_present(model: MultiTaskProtocol, batch) -> bool | None:
+  """Whether every task has a labelled unit in ``batch``, read on the host, or None when
+  the host cannot tell (a multi-process run: this process holds part of the global batch).
+
+  Reads only what ``label_count`` reads, with NumPy: a batch put on the device just before
+  is read back without waiting for the step in flight (a jitted count would queue behind
+  it). ``MultiTaskModel.label_count`` stays on the host; a protocol model whose
+  ``label_count`` calls ``jnp`` is still counted right, after the device catches up.
+  """
+  if jax.process_count() > 1:
+    return None
+  view = _HostView(batch)
+  return all(float(model.label_count(name, task_batch)) > 0
+             for name, task_batch in zip(model.names, task_batches(model, view)))
 
 
 def loss_denominators(counts: jax.Array) -> jax.Array:

@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jmtl.models.encoder import encode
 from jmtl.models.heads import Head
@@ -105,7 +106,8 @@ class MultiTaskModel:
     return spec.loss_sum(self.head(spec, head_params, features), batch)[0]
 
   def label_count(self, name: str, batch) -> jax.Array:
-    return jnp.sum(batch[self._specs[name].mask_key].astype(jnp.float32))
+    # Array methods, not jnp: on NumPy arrays (the host's presence check) this stays NumPy.
+    return batch[self._specs[name].mask_key].astype(np.float32).sum()
 
 
 def count_params(tree) -> int:

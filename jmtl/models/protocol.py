@@ -24,7 +24,10 @@ Required (``MultiTaskProtocol``):
 * ``label_count(name, batch) -> scalar``: how many labelled units task ``name`` has in
   ``batch``. The step divides the loss sum by the count summed over devices, so every
   data-parallel layout takes the same step, and a task whose count is 0 in the global batch
-  is left out of balancing that step.
+  is left out of balancing that step. The host also calls it on NumPy arrays, to run the
+  step compiled for "every task present" when it can (``jmtl.train.parallel``): written
+  with array methods (``batch[k].sum()``) it stays on the host; with ``jnp`` it is still
+  right but waits for the step in flight.
 
 Optional (read with ``getattr``; leave out or set to None to disable):
 

@@ -96,16 +96,21 @@ def step_rng(state: TrainState, axis_name: str | None = None) -> jax.Array:
 def balanced_gradients(model: MultiTaskProtocol, balancer: Balancer, params, balancer_state,
                        batch, rng: jax.Array | None, *, grad_mode: GradMode = "exact",
                        axis_name: str | None = None, log_cosines: bool = True,
-                       trainable=None):
+                       trainable=None, every_task_present: bool = False):
   """Gradients of all params after balancing the shared ones.
 
   ``trainable``: None (all trained) or a static pytree of bools over ``params``
   (``optim.trainable_mask``); the balancer then sees only the trained parameters.
   Returns ``(grads, losses, new_balancer_state, gram_or_None)``; ``losses`` are the global
   per-task mean losses. A task with no labelled unit in the global batch is not present.
+
+  ``every_task_present`` (static): the caller has checked that every task has a labelled
+  unit in the global batch, so the balancer runs as the T-task method alone. Otherwise it
+  gets the presence mask, and `with_presence` compiles the method for every possible count
+  of present tasks (T + 1 solvers: most of a Gram method's compile time at large T).
   """
   path = path_for(balancer.needs, grad_mode)
-  present = label_counts(model, batch, axis_name) > 0
+  present = None if every_task_present else label_counts(model, batch, axis_name) > 0
   model, table_frozen = masked_model(model, trainable)
   # The compact Gram path reads the token table's per-task rows from the embedding lookup,
   # not from the table parameter: a frozen table must be skipped there explicitly.
@@ -117,11 +122,12 @@ def balanced_gradients(model: MultiTaskProtocol, balancer: Balancer, params, bal
 def train_step(state: TrainState, batch, *, model: MultiTaskProtocol, balancer: Balancer,
                optimizer: optax.GradientTransformation, grad_mode: GradMode = "exact",
                axis_name: str | None = None, dropout: bool = True, log_cosines: bool = True,
-               trainable=None):
+               trainable=None, every_task_present: bool = False):
   """One optimisation step. Returns ``(new_state, metrics)``.
 
   ``trainable``: a static pytree of bools over the params (``optim.trainable_mask``), or None;
   frozen leaves get zero gradients and are invisible to the balancer.
+  ``every_task_present``: static; see `balanced_gradients` (only for batches checked so).
 
   A step whose losses or gradients are not finite changes nothing but the step and
   ``nonfinite_steps`` counters, so a NaN never reaches the parameters (or a checkpoint).
@@ -129,7 +135,8 @@ def train_step(state: TrainState, batch, *, model: MultiTaskProtocol, balancer: 
   rng = step_rng(state, axis_name)
   grads, losses, balancer_state, gram = balanced_gradients(
       model, balancer, state.params, state.balancer_state, batch, rng if dropout else None,
-      grad_mode=grad_mode, axis_name=axis_name, log_cosines=log_cosines, trainable=trainable)
+      grad_mode=grad_mode, axis_name=axis_name, log_cosines=log_cosines, trainable=trainable,
+      every_task_present=every_task_present)
   penalty = getattr(model, "penalty", None)
   if penalty is not None:  # a regulariser of the params (soft sharing): added, never balanced
     grads = jax.tree.map(jnp.add, grads,

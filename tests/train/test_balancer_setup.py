@@ -86,4 +86,4 @@ def test_rep_grad_without_such_state_trains_across_length_buckets(name):
   for s in range(4):
     state, metrics = step(state, make_batch(MODEL.tasks, length=(6, 8)[s % 2], seed=s))
     assert bool(metrics["finite"]), s
-  assert int(state.nonfinite_steps) == 0 and step._fn._cache_size() == 2
+  assert int(state.nonfinite_steps) == 0 and step._fn_every_task_present._cache_size() == 2

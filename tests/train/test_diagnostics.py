@@ -175,23 +175,26 @@ def test_conflict_fraction_and_affinity_on_a_known_case(tmp_path):
 
 
 def _spy_steps(monkeypatch):
-  """Records each step ``make_train_step`` makes in the loop: its kwargs, its jitted function,
-  the shapes of its first call and its output metric names."""
+  """Records each step ``make_train_step`` makes in the loop: its kwargs, the jitted function
+  of its first call and that call's shapes, its calls and its output metric names."""
   seen = []
   real = loop.make_train_step
 
   def spy(*args, **kwargs):
     step = real(*args, **kwargs)
-    entry = {"kwargs": kwargs, "fn": step._fn, "args": None, "keys": set(), "calls": 0}
-    def call(state, batch, fn=step._fn):
+    entry = {"kwargs": kwargs, "fn": None, "args": None, "keys": set(), "calls": 0}
+    jitted_for = step.jitted_for
+    def call(state, batch):
+      fn = jitted_for(batch)
       if entry["args"] is None:
+        entry["fn"] = fn
         entry["args"] = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                                      (state, batch))
       entry["calls"] += 1
       new_state, metrics = fn(state, batch)
       entry["keys"] |= set(metrics)
       return new_state, metrics
-    step._fn = call
+    step.jitted_for = lambda batch: call
     seen.append(entry)
     return step
 

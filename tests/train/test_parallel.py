@@ -1,4 +1,6 @@
-"""pmap and mesh-sharded steps reach the parameters of a single-device run.
+"""pmap and mesh-sharded steps reach the parameters of a single-device run, through steps
+with every task labelled, one task absent from the global batch, and one task absent from
+some devices' rows only.
 
 Each case runs in a subprocess with ``--xla_force_host_platform_device_count=N``, since the
 device count is fixed when JAX starts.
@@ -31,9 +33,16 @@ SCRIPT = textwrap.dedent("""
     model = MultiTaskModel(TINY, tasks, layout=layout)
     def batch_at(step):
       if layout == "multi_input":
-        return {{s.name: make_batch((s,), batch_size=8, seed=100 * step + i)
-                for i, s in enumerate(tasks)}}
-      return make_batch(tasks, batch_size=8, seed=step)
+        batch = {{s.name: make_batch((s,), batch_size=8, seed=100 * step + i)
+                 for i, s in enumerate(tasks)}}
+      else:
+        batch = make_batch(tasks, batch_size=8, seed=step)
+      of = lambda name: batch[name] if layout == "multi_input" else batch
+      if step == 1:  # "score" absent from the global batch: the step that masks it out
+        of("score")["score_mask"][:] = 0
+      if step == 2:  # "pos" labelled on the first device's rows only: every task present
+        of("pos")["pos_mask"][n // 2 * (8 // n):] = 0
+      return batch
     # SGD, not Adam: attention key biases have an exactly-zero gradient, and Adam would
     # blow their 1e-10 reduction-order noise up to full-size steps.
     optimizer = optax.sgd(0.1, momentum=0.9)
@@ -44,8 +53,12 @@ SCRIPT = textwrap.dedent("""
       step = make_train_step(model, balancer, optimizer, grad_mode=grad_mode,
                              parallelism=parallelism, num_devices=n)
       state = step.place_state(state)
+      final[parallelism + "_every_task_present"] = []
       for s in range(4):
-        state, metrics = step(state, step.place_batch(batch_at(s)))
+        batch = step.place_batch(batch_at(s))
+        final[parallelism + "_every_task_present"].append(
+            step.jitted_for(batch) is step._fn_every_task_present)
+        state, metrics = step(state, batch)
       state = step.gather_state(state)
       leaves = [np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(state.params)]
       final[parallelism] = np.concatenate(leaves).tolist()
@@ -76,6 +89,9 @@ def test_pmap_and_sharded_match_single_device(layout, method, grad_mode, n):
   import numpy as np
   final = _run(layout, method, grad_mode, n)
   assert final["none_devices"] == n
+  for parallelism in ("none", "pmap", "sharded"):  # step 1 lacks a task; step 2 lacks it
+    # only on some devices, and the host reads the global batch: every task is present
+    assert final[parallelism + "_every_task_present"] == [True, False, True, True], parallelism
   reference = np.asarray(final["none"])
   for parallelism in ("pmap", "sharded"):
     np.testing.assert_allclose(np.asarray(final[parallelism]), reference, rtol=1e-5, atol=1e-5,

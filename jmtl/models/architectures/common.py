@@ -17,6 +17,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jmtl.models.encoder import EncoderBlock, EncoderConfig, embed_tokens, masked_mean
 from jmtl.models.heads import Head
@@ -184,7 +185,8 @@ class Architecture:
     return spec.loss_sum(self.head(spec, task_params, representation, batch, rng), batch)[0]
 
   def label_count(self, name: str, batch) -> jax.Array:
-    return jnp.sum(batch[self._specs[name].mask_key].astype(jnp.float32))
+    # Array methods, not jnp: on NumPy arrays (the host's presence check) this stays NumPy.
+    return batch[self._specs[name].mask_key].astype(np.float32).sum()
 
 
 def mix_experts(weights, experts):
