@@ -4,8 +4,10 @@ Every registered balancer leaves absent tasks out through ``with_presence``
 (jmtl/balancers/_presence.py): under jit the number of present tasks k is traced, so the
 method is built for every k in 0..T and ``lax.switch`` picks one. That is T + 1 copies of
 the solver in the compiled step, which is what makes Gram methods' compile time grow faster
-than EW's with T (issue 16 asks for T = 64 within 2x of EW's). The train step always passes
-the mask (``label_counts > 0``).
+than EW's with T (issue 16 asks for T = 64 within 2x of EW's). Since commit 0290539 the train
+step passes the mask only for batches that lack a task (``jmtl.train.parallel``: the host
+reads the label masks and picks one of two compiled steps); this still measures what such a
+step pays.
 
 This times ``jax.jit(weigh).lower(...).compile()`` of the weighting alone (a Gram matrix or
 losses in, weights out; no model) with ``present=None`` and with a mask, alternating the two,

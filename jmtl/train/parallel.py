@@ -10,8 +10,8 @@ batches that may lack a task (the balancer gets the presence mask and holds a so
 every count of present tasks, T + 1 of them). The host picks per batch from the label masks
 (`host_every_task_present`, NumPy, no wait for the device); a multi-process run, whose
 processes each see part of the batch, always takes the second. Measured on the grad_engine
-model at T = 64 (benchmarks/results/grad_engine_large.md): MGDA's step compiled in 104 s
-with the mask against 16 s without, EW's in 18.5 s.
+model at T = 64: MGDA's whole step compiled in 104 s with the mask and 16 s without (EW's in
+13-18.5 s; benchmarks/results/grad_engine_large.md).
 """
 
 from __future__ import annotations
