@@ -134,24 +134,25 @@ def make_train_step(model: MultiTaskProtocol, balancer: Balancer,
   kwargs = dict(model=model, balancer=balancer, optimizer=optimizer, grad_mode=grad_mode,
                 dropout=dropout, log_cosines=log_cosines, trainable=trainable)
   donate_argnums = (0,) if donate else ()
-  variants = lambda compile_step: [
-      compile_step(functools.partial(train_step, every_task_present=every, **kwargs))
-      for every in (False, True)]
+  def variants(compile_step):  # CompiledStep's two fields, each compiled on first use
+    return dict(_fn=compile_step(functools.partial(train_step, **kwargs)),
+                _fn_every_task_present=compile_step(
+                    functools.partial(train_step, every_task_present=True, **kwargs)))
   if parallelism == "none":
     fns = variants(lambda fn: jax.jit(fn, donate_argnums=donate_argnums))
-    return CompiledStep("none", 1, None, *fns, model)
+    return CompiledStep("none", 1, None, _model=model, **fns)
   if parallelism == "pmap":
     n = num_devices or jax.local_device_count()
     fns = variants(lambda fn: jax.pmap(functools.partial(fn, axis_name=AXIS), axis_name=AXIS,
                                        donate_argnums=donate_argnums,
                                        devices=jax.local_devices()[:n]))
-    return CompiledStep("pmap", n, None, *fns, model)
+    return CompiledStep("pmap", n, None, _model=model, **fns)
   if parallelism == "sharded":
     mesh = make_mesh(num_devices)
     replicated = NamedSharding(mesh, P())
     fns = variants(lambda fn: jax.jit(fn, donate_argnums=donate_argnums,
                                       out_shardings=(replicated, replicated)))
-    return CompiledStep("sharded", mesh.size, mesh, *fns, model)
+    return CompiledStep("sharded", mesh.size, mesh, _model=model, **fns)
   raise ValueError(f"unknown parallelism {parallelism!r}: use 'none', 'pmap' or 'sharded'")
 
 

@@ -117,7 +117,11 @@ def _penalty_grad(model, params):
   return zero
 
 
-@pytest.mark.parametrize("name", architectures.NAMES)
+# The loss path is one backward of sum_i w_i L_i, so an architecture enters only through its
+# apply, whose per-task gradients the Gram test below checks for all eight. Kept here: soft
+# sharing (its penalty is added outside the task losses), PLE (the deepest private/shared
+# mix) and DSelect-k (gates from its own selectors); the other five cost ~20 s each in CI.
+@pytest.mark.parametrize("name", ["soft", "ple", "dselect_k"])
 def test_equal_weight_step_is_the_weighted_loss_gradient(name, batch):
   """Every parameter moves by sum_i w_i grad(loss_i) (+ soft sharing's penalty gradient)."""
   model = build(name)
