@@ -17,7 +17,7 @@ def _single_task_grad(model, params, batch, spec):
   def loss(p):
     outputs = model.apply(p, batch)[spec.name]
     return spec.loss(outputs, batch)
-  return jax.grad(loss)(params)
+  return jax.jit(jax.grad(loss))(params)  # one compile: op by op took most of these tests
 
 
 def _assert_tree_close(actual, expected, rtol=2e-5, atol=1e-6):
@@ -95,8 +95,8 @@ def test_padding_does_not_change_losses_or_gradients(model):
   batch = make_batch(tasks, length=6, seed=6)
   padded = {k: (np.pad(v, [(0, 0), (0, 4)]) if v.ndim == 2 else v) for k, v in batch.items()}
   params = small.init(jax.random.PRNGKey(5), batch)
-  a = gradients.same_input_jacobian(small, params, batch)
-  b = gradients.same_input_jacobian(small, params, padded)
+  jacobian = jax.jit(lambda p, b: gradients.same_input_jacobian(small, p, b))
+  a, b = jacobian(params, batch), jacobian(params, padded)
   np.testing.assert_allclose(a.losses, b.losses, rtol=1e-5)
   # positions differ only in the rows of unused positions, which get no gradient either way
   _assert_tree_close(b.shared, a.shared, rtol=1e-4, atol=1e-6)
@@ -111,12 +111,13 @@ def test_jacobian_matches_float64_finite_difference():
     batch = make_batch(tasks, batch_size=2, length=5, seed=7)
     batch = {k: (v.astype(np.float64) if v.dtype == np.float32 else v) for k, v in batch.items()}
     params = jax.tree.map(lambda x: x.astype(jnp.float64), model.init(jax.random.PRNGKey(6), batch))
-    result = gradients.same_input_jacobian(model, params, batch)
+    result = jax.jit(lambda p: gradients.same_input_jacobian(model, p, batch))(params)
     direction = jax.tree.map(
         lambda x: jax.random.normal(jax.random.PRNGKey(x.size), x.shape, jnp.float64),
         params["encoder"])
     eps = 1e-6
     for i, spec in enumerate(tasks):
+      @jax.jit
       def loss_along(t):
         moved = jax.tree.map(lambda p, d: p + t * d, params["encoder"], direction)
         return spec.loss(model.apply({**params, "encoder": moved}, batch)[spec.name], batch)
@@ -151,8 +152,8 @@ def test_compact_token_table_gram_and_gradient_equal_dense(model, layout):
              for i, spec in enumerate(TASKS)}
     dense_fn, compact_fn = gradients.multi_input_jacobian, gradients.multi_input_compact_jacobian
   params = model.init(jax.random.PRNGKey(9), batch)
-  dense = dense_fn(model, params, batch)
-  compact = compact_fn(model, params, batch)
+  dense = jax.jit(lambda p: dense_fn(model, p, batch))(params)
+  compact = jax.jit(lambda p: compact_fn(model, p, batch))(params)
   same = layout == "same_input"
   gram = gram_matrix(compact.shared) + gradients.token_table_gram(
       compact.token_rows, compact.token_ids, same_ids=same)
