@@ -7,17 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tiny_model import TASKS, TINY, make_batch
+from tiny_model import TASKS, TINY, make_batch, task_loss_and_grad
 from jmtl import gradients
 from jmtl.models import MultiTaskModel
-
-
-def _single_task_grad(model, params, batch, spec):
-  """Reference: jax.grad of ONE task's masked mean loss, nothing shared with the engine."""
-  def loss(p):
-    outputs = model.apply(p, batch)[spec.name]
-    return spec.loss(outputs, batch)
-  return jax.jit(jax.grad(loss))(params)  # one compile: op by op took most of these tests
 
 
 def _assert_tree_close(actual, expected, rtol=2e-5, atol=1e-6):
@@ -30,7 +22,7 @@ def test_same_input_jacobian_equals_grad_of_each_task_alone(model):
   result = jax.jit(lambda p, b: gradients.same_input_jacobian(model, p, b))(params, batch)
   assert result.losses.shape == (len(TASKS),)
   for i, spec in enumerate(TASKS):
-    expected = _single_task_grad(model, params, batch, spec)
+    _, expected = task_loss_and_grad(model, spec, params, batch)
     _assert_tree_close(jax.tree.map(lambda g: g[i], result.shared), expected["encoder"])
     _assert_tree_close(result.heads[spec.name], expected["heads"][spec.name])
     np.testing.assert_allclose(
@@ -44,7 +36,7 @@ def test_multi_input_jacobian_equals_grad_of_each_task_alone(model):
   params = model.init(jax.random.PRNGKey(1), batches)
   result = jax.jit(lambda p, b: gradients.multi_input_jacobian(model, p, b))(params, batches)
   for i, spec in enumerate(TASKS):
-    expected = _single_task_grad(model, params, batches[spec.name], spec)
+    _, expected = task_loss_and_grad(model, spec, params, batches[spec.name])
     _assert_tree_close(jax.tree.map(lambda g: g[i], result.shared), expected["encoder"])
     _assert_tree_close(result.heads[spec.name], expected["heads"][spec.name])
 

@@ -1,5 +1,9 @@
-"""A tiny model config, a task of every kind, and random batches for engine tests."""
+"""A tiny model config, a task of every kind, random batches, and the per-task reference
+gradient for engine tests."""
 
+import functools
+
+import jax
 import numpy as np
 from jmtl.models import EncoderConfig
 from jmtl.tasks import TaskSpec
@@ -38,3 +42,11 @@ def make_batch(tasks=TASKS, batch_size=4, length=8, seed=0, vocab=40):
       batch[spec.label_key] = rng.integers(0, spec.num_labels, batch_size).astype(np.int32)
       batch[spec.mask_key] = np.ones(batch_size, np.float32)
   return batch
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def task_loss_and_grad(model, spec, params, batch):
+  """Reference: (loss, gradient of every param) of ONE task's masked mean loss, from
+  ``model.apply`` and the spec alone (nothing shared with the engine). Compiled whole, once
+  per (model, task, shapes): op by op it took most of the tests that use it."""
+  return jax.value_and_grad(lambda p: spec.loss(model.apply(p, batch)[spec.name], batch))(params)

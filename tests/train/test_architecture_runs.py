@@ -158,12 +158,14 @@ def test_every_architecture_resumes_exactly_and_pmap_and_sharded_match_one_devic
   assert sorted(results) == sorted(case[0] for case in CASES)
   assert {c[4] for c in CASES} - {None} == {"pmap", "sharded"}
   assert {c[0] for c in CASES} | {"hard"} == set(architectures.NAMES)
+  parallel_of = {case[0]: case[4] for case in CASES}
   for name, final in results.items():
     assert final["devices"] == 2
     assert final["resumed_bit_identical"], f"{name}: the resumed run drifted"
-    if dict((c[0], c[4]) for c in CASES)[name] is None:
+    parallelism = parallel_of[name]
+    assert set(final) & {"pmap", "sharded"} == ({parallelism} if parallelism else set()), name
+    if parallelism is None:
       continue
-    (parallelism,) = set(final) & {"pmap", "sharded"}
     np.testing.assert_allclose(np.asarray(final[parallelism]), np.asarray(final["none"]),
                                rtol=1e-5, atol=1e-5,
                                err_msg=f"{name}: {parallelism} drifted from one device")

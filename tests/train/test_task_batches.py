@@ -5,15 +5,13 @@ balanced gradient; it must equal the balancer applied to per-task gradients comp
 independently (``jax.grad`` of each task's masked mean loss alone, in float64).
 """
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from tiny_model import TINY, make_batch
+from tiny_model import TINY, make_batch, task_loss_and_grad
 from jmtl import balancers
 from jmtl.models import MultiTaskModel
 from jmtl.tasks import TaskSpec
@@ -30,13 +28,6 @@ def task_batches(seed=0):
           for i, (spec, rows, length) in enumerate(zip(TASKS, ROWS, LENGTHS))}
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _loss_and_grad(model, spec, params, batch):
-  """Compiled once per (model, task) for all the methods below (op by op, the float64
-  reference took ~30 s of each test process's first test)."""
-  return jax.value_and_grad(lambda p: spec.loss(model.apply(p, batch)[spec.name], batch))(params)
-
-
 def reference_task_grads(model, params, batches):
   """Per task: (loss, gradient of every param) of that task's loss alone, in float64."""
   with jax.enable_x64(True):
@@ -45,7 +36,7 @@ def reference_task_grads(model, params, batches):
     for spec in TASKS:
       batch = {k: (jnp.asarray(v, jnp.float64) if v.dtype == np.float32 else v)
                for k, v in batches[spec.name].items()}
-      value, grads = _loss_and_grad(model, spec, params64, batch)
+      value, grads = task_loss_and_grad(model, spec, params64, batch)
       out.append((float(value), jax.tree.map(np.asarray, grads)))
     return out
 
