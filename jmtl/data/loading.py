@@ -124,11 +124,12 @@ def _tokenized(parsed: SuiteConfig, manifest: Mapping[str, Any], data_dir: Path,
                vocab_file: str | os.PathLike | None = None,
                buckets: Sequence[int] = (16, 32, 64), log: Log = print) -> Suite:
   suite_dir = data_dir / parsed.name
+  read = encode.SplitReader()
   if vocab_file is not None:
     tokenizer = tokenize.from_vocab_file(vocab_file, lowercase=lowercase)
   else:
     tokenizer = encode.tokenizer_for(suite_dir, parsed, manifest, vocab_size=vocab_size,
-                                    lowercase=lowercase, log=log)
+                                    lowercase=lowercase, log=log, read=read)
   # Entity markers of relation sources are special tokens, so WordPiece never splits them.
   markers = sorted({m for source in parsed.sources for m in relations.markers_of(source)})
   if markers:
@@ -137,7 +138,8 @@ def _tokenized(parsed: SuiteConfig, manifest: Mapping[str, Any], data_dir: Path,
   key = encode.cache_key(tokenizer.to_str(), max_len)
   sources = []
   for source, entry in zip(parsed.sources, manifest["sources"]):
-    splits = {split: encode.load_or_encode(suite_dir, source, entry, split, wordpiece, key)
+    splits = {split: encode.load_or_encode(suite_dir, source, entry, split, wordpiece, key,
+                                          read=read)
               for split in SPLITS if split in entry["sizes"]}
     specs = tuple(_spec(task, entry, wordpiece.vocab_size) for task in source.tasks)
     sources.append(_Source(source, specs, splits))

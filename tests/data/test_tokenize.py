@@ -132,3 +132,27 @@ def test_suite_counts_and_reports_truncation(write, data_dir, tmp_path, log):
   assert suite.truncation == {"lm": {"train": 2}}
   assert "lm/lm: truncated to max_len=8: train 2/4" in log
   assert suite.buckets == (4, 8)
+
+
+def test_a_new_suite_reads_each_split_once(write, data_dir, monkeypatch):
+  # Training the tokenizer and encoding both need the train split: decoding it twice cost a
+  # quarter of preparing a large suite.
+  from jmtl.data.feed import encode
+  reads = []
+  real_open = encode.open_split
+
+  def counting_open(suite_dir, source, entry, split):
+    reads.append((source.name, split))
+    return real_open(suite_dir, source, entry, split)
+
+  monkeypatch.setattr(encode, "open_split", counting_open)
+  texts = {split: write(f"{split}.tsv", "s\tlabel\n" + "".join(
+      f"{w} word {i}\t{i % 2}\n" for i in range(6)))
+      for split, w in (("train", "alpha"), ("validation", "beta"), ("test", "gamma"))}
+  config = {"name": "pairs", "tasks": [
+      {"name": "topic", "kind": "classification", "format": "tsv", "text": "s",
+       "label": "label", "files": {s: str(p) for s, p in texts.items()}},
+      {"name": "lm", "kind": "mlm", "format": "text", "files": {"train": str(texts["train"])}}]}
+  suite = data.load_suite(config, data_dir, vocab_size=40, max_len=8, log=lambda _: None)
+  assert sorted(reads) == sorted(set(reads)) and ("topic", "train") in reads
+  assert suite.sizes["topic"] == {"train": 6, "validation": 6, "test": 6}
