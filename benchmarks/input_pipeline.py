@@ -57,11 +57,13 @@ def tokenise_rate(suite_name: str, data_dir, max_len: int, limit: int) -> dict[s
   manifest = store.read_manifest(data_dir / suite_name)
   parsed = parse_suite(manifest["config"])
   suite_dir = data_dir / suite_name
-  tokenizer = encode.tokenizer_for(suite_dir, parsed, manifest, vocab_size=8000, lowercase=True)
+  read = encode.SplitReader()
+  tokenizer = encode.tokenizer_for(suite_dir, parsed, manifest, vocab_size=8000, lowercase=True,
+                                   read=read)
   wordpiece = tokenize.WordPiece(tokenizer, max_len)
   rates, total, seconds = {}, 0, 0.0
   for source, entry in zip(parsed.sources, manifest["sources"]):
-    records = encode.read_split(suite_dir, source, entry, "train")[:limit]
+    records = read(suite_dir, source, entry, "train")[:limit]
     start = time.perf_counter()
     encode.encode_records(records, source, wordpiece)
     elapsed = time.perf_counter() - start
