@@ -8,10 +8,10 @@ Any flag narrows or widens it: --config.seed=0 (one seed), --config.train.steps=
 --config.balancer.name=equal_weight,pcgrad (replaces the balancer list).
 
 Budget: 36 runs of 1000 steps; two at a time on 2 CPU cores a run took a median 13 minutes
-(520-640 ms a step), so about 4 hours with --workers 2. Results of this sweep:
-benchmarks/results/sweep_methods_en_mix/. Do not shorten it
-to 300 steps as configs/sweeps/ud_tr_methods.py does: on en_mix the from-scratch encoder's
-WNUT-16 span F1 is still 0.0 at step 300, and Δm% divides by the baselines' metric.
+(520-640 ms a step), so about 4 hours with --workers 2. Do not shorten it to 300 steps as
+configs/sweeps/ud_tr_methods.py does: on en_mix the from-scratch encoder's WNUT-16 span F1 is
+still 0.0 at step 300, and Δm% divides by the baselines' metric. Results of this sweep:
+benchmarks/results/sweep_methods_en_mix/.
 """
 
 import os
