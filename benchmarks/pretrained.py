@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import subprocess
 import sys
 import tempfile
 
@@ -42,13 +41,7 @@ LOSS_TOLERANCE = 1e-5
 class BertTorchWorker(compare.TorchWorker):
   """``compare.TorchWorker`` running the transformers BertModel worker instead."""
 
-  def __init__(self, thread_args: list[str]):
-    if not compare.TORCH_PYTHON.exists():
-      raise FileNotFoundError(f"{compare.TORCH_PYTHON} is missing: run bash "
-                              "benchmarks/peers/setup.sh")
-    self.process = subprocess.Popen(
-        [str(compare.TORCH_PYTHON), str(compare.PEERS / "run_bert_torch.py"), "--worker",
-         *thread_args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  SCRIPT = "run_bert_torch.py"
 
 
 def build(args):
@@ -92,7 +85,8 @@ def measure(args, workdir: pathlib.Path, log) -> dict:
     np.savez(workdir / "batches.npz", **{f"{t}/{k}": v for t, fields in batches.items()
                                          for k, v in fields.items()})
     heads = export_params({"heads": params["heads"]}, workdir / "heads.npz")
-    worker = BertTorchWorker(compare.torch_thread_args(args))
+    worker = BertTorchWorker(compare.torch_thread_args(args),
+                             _common.peer_environment(args.peer_malloc))
     torch_losses = worker.ask({"cmd": "setup", "model_dir": str(model_dir), "heads": str(heads),
                                "batches": str(workdir / "batches.npz"),
                                "task_names": list(model.names)})["first_losses"]
@@ -137,7 +131,8 @@ def markdown(result: dict, settings: dict) -> str:
            f"T={settings['tasks']} multi-input, batch {settings['batch_size']} x "
            f"{settings['length']} per task, EW, Adam, dropout off; {settings['threads']} "
            f"thread(s); {settings['machine']['cpu_model']}; load "
-           f"{settings['machine']['load_average_1_5_15']}\n",
+           f"{settings['machine']['load_average_1_5_15']}. "
+           f"{_common.malloc_sentence(settings.get('malloc'))}\n",
            _common.markdown_table(["side", "median ms", "q1 ms", "q3 ms", "steps"], rows), "",
            f"- jmtl / PyTorch, ratio of medians: {_common.format_ratio(result['ratio_of_medians'])}"
            f" (median of per-round ratios {_common.format_ratio(result['median_of_round_ratios'])}"
@@ -161,8 +156,10 @@ def main(argv=None):
   parser.add_argument("--threads", type=int, default=2)
   parser.add_argument("--pin", action="store_true")
   parser.add_argument("--skip-peers", action="store_true", help="jmtl side only")
+  _common.add_malloc_arguments(parser)
   parser.add_argument("--out", type=pathlib.Path, default=_common.RESULTS)
   args = parser.parse_args(argv)
+  malloc = _common.apply_malloc(args.malloc)
   cpus = _common.pin_threads(args.threads if args.pin else None)
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " "
                              + _common.xla_thread_flags(args.threads)).strip()
@@ -176,6 +173,7 @@ def main(argv=None):
               "length": args.length, "threads": args.threads, "cpus": cpus,
               "rounds": args.repeats, "steps_per_round": args.steps, "warmup_rounds": args.warmup,
               "xla_flags": os.environ["XLA_FLAGS"],
+              "malloc": {"jmtl": malloc, "torch": args.peer_malloc},
               "machine": {**_common.machine_info(), "jax": jax.__version__}}
   payload = {"settings": settings, **result}
   json_path = _common.write_json(args.out / "pretrained.json", payload)

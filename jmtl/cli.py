@@ -253,5 +253,14 @@ def main(argv: list[str] | None = None) -> int:
   return 0
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The installed ``jmtl`` command (and ``python -m jmtl.cli``): ``main`` in a process whose
+  malloc backs XLA's large per-step buffers with huge pages (``jmtl.hugepages``). Tests and
+  scripts call ``main(argv)`` directly, in their own process, without the restart."""
+  from jmtl.hugepages import restart_with_hugepages
+  restart_with_hugepages()
   sys.exit(main())
+
+
+if __name__ == "__main__":
+  run()

@@ -132,12 +132,14 @@ def torch_thread_args(args) -> list[str]:
 class TorchWorker:
   """The PyTorch process: one JSON command per line in, one JSON answer per line out."""
 
-  def __init__(self, thread_args: list[str]):
+  SCRIPT = "run_torch.py"
+
+  def __init__(self, thread_args: list[str], env: dict[str, str] | None = None):
     if not TORCH_PYTHON.exists():
       raise FileNotFoundError(f"{TORCH_PYTHON} is missing: run bash benchmarks/peers/setup.sh")
     self.process = subprocess.Popen(
-        [str(TORCH_PYTHON), str(PEERS / "run_torch.py"), "--worker", *thread_args],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [str(TORCH_PYTHON), str(PEERS / self.SCRIPT), "--worker", *thread_args],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
 
   def ask(self, command: dict) -> dict:
     self.process.stdin.write(json.dumps(command) + "\n")
@@ -185,7 +187,7 @@ def measure(shape, num_tasks: int, layout: str, args, workdir: pathlib.Path, log
 
   worker, torch_losses = None, None
   if not args.skip_peers:
-    worker = TorchWorker(torch_thread_args(args))
+    worker = TorchWorker(torch_thread_args(args), _common.peer_environment(args.peer_malloc))
     answer = worker.ask(save_for_torch(model, params, batch, layout, shape, workdir, args.quick))
     torch_losses = answer["first_losses"]
     skipped.update({f"torch/{k}": v for k, v in answer["skipped"].items()})
@@ -304,9 +306,9 @@ def _reexec_with_preload(library: str) -> None:
     raise SystemExit(f"compare: --preload {library}: no such file")
   if library in os.environ.get("LD_PRELOAD", "").split(":"):
     return
-  env = dict(os.environ, LD_PRELOAD=":".join(filter(None, (library, os.environ.get("LD_PRELOAD")))))
-  sys.stdout.flush()
-  os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+  from jmtl import hugepages
+  hugepages.restart(dict(os.environ, LD_PRELOAD=":".join(
+      filter(None, (library, os.environ.get("LD_PRELOAD"))))))
 
 
 def main(argv=None):
@@ -327,11 +329,13 @@ def main(argv=None):
   parser.add_argument("--preload", default=None, metavar="LIBRARY",
                       help="LD_PRELOAD this allocator into both frameworks' processes, e.g. "
                            "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
+  _common.add_malloc_arguments(parser)
   parser.add_argument("--out", type=pathlib.Path, default=_common.RESULTS)
   parser.add_argument("--memory-child", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.preload:
     _reexec_with_preload(args.preload)  # children (torch worker, memory runs) inherit it
+  malloc = _common.apply_malloc(args.malloc)
   # Before JAX starts: same CPUs and intra-op threads as the PyTorch worker gets.
   cpus = _common.pin_threads(args.threads if args.pin else None)
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " "
@@ -361,6 +365,7 @@ def main(argv=None):
       "shape": shape.__dict__, "quick": args.quick, "skip_peers": args.skip_peers,
       "threads": args.threads, "cpus": cpus, "xla_flags": os.environ["XLA_FLAGS"],
       "ld_preload": os.environ.get("LD_PRELOAD") or None,
+      "malloc": {"jmtl": malloc, "torch": args.peer_malloc},
       "torch_threads": f"torch.set_num_threads({args.threads}), set_num_interop_threads(1)",
       "rounds": args.repeats, "steps_per_round": args.steps, "warmup_rounds": args.warmup,
       "machine": {**_common.machine_info(), "jax": jax.__version__}})

@@ -99,7 +99,8 @@ def markdown(payload: dict) -> str:
            f"Threads: {meta['threads']} (CPUs {meta['cpus']}); XLA_FLAGS `{meta['xla_flags']}`; "
            f"PyTorch `{meta['torch_threads']}`. Rounds: {meta['rounds']} x {meta['steps_per_round']} "
            f"steps per variant after {meta['warmup_rounds']} warm-up round(s). LD_PRELOAD: "
-           f"{meta.get('ld_preload') or 'none (glibc malloc)'}, both processes. Model/batch: "
+           f"{meta.get('ld_preload') or 'none (glibc malloc)'}, both processes. "
+           f"{_common.malloc_sentence(meta.get('malloc'))} Model/batch: "
            f"`{meta['shape']}`; multi-input: T batches of that size, one per task.", ""]
   for key, label in (("timings_from", "Step times"), ("memory_from", "Peak memory")):
     if key in meta:

@@ -133,8 +133,10 @@ def _schedule(opt: ml_collections.ConfigDict, total_steps: int) -> optax.Schedul
   if opt.schedule == "constant":
     return optax.constant_schedule(opt.learning_rate)
   if opt.schedule == "warmup_cosine":
+    warmup = max(1, min(opt.warmup_steps, total_steps - 1))
+    # optax needs a decay after the warmup: a 1-step run (smoke tests) decays over step 2
     return optax.warmup_cosine_decay_schedule(
-        0.0, opt.learning_rate, max(1, min(opt.warmup_steps, total_steps - 1)), total_steps,
+        0.0, opt.learning_rate, warmup, max(total_steps, warmup + 1),
         end_value=opt.learning_rate * opt.final_lr_fraction)
   if opt.schedule == "warmup_linear":
     return optax.join_schedules([

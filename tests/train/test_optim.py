@@ -116,6 +116,17 @@ def test_plain_optimizer_keeps_the_existing_state_layout():
           == jax.tree.structure(old.init(params)))
 
 
+@pytest.mark.parametrize("schedule", ["constant", "warmup_cosine", "warmup_linear"])
+def test_every_schedule_builds_for_a_one_step_run(schedule):
+  """``--config.train.steps=1`` (a smoke run) once failed inside optax's cosine schedule."""
+  config = _config(schedule=schedule, warmup_steps=100)
+  params = {"encoder": {"w": np.ones(3, np.float32)}}
+  optimizer = build_optimizer(config, 1)
+  updates, _ = optimizer.update({"encoder": {"w": np.ones(3, np.float32)}},
+                                optimizer.init(params), params)
+  assert np.all(np.isfinite(updates["encoder"]["w"]))
+
+
 @pytest.mark.parametrize("overrides,message", [
     (dict(freeze=("encoder/embeding",)), "pattern 'encoder/embeding' matches no parameter"),
     (dict(freeze=("block_[",)), r"optimizer.freeze: 'block_\[' is not a regular expression"),
