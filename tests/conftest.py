@@ -14,6 +14,13 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(os.path.dirname(os.path.dirname(__file__)), ".cache", "jax"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
+# The xdist workers and every process a test starts run as the `jmtl` command does, with
+# glibc's huge pages for XLA's large temporaries (jmtl.hugepages); `python -m jmtl.cli`
+# subprocesses then need no restart of their own. (This process itself started without it.)
+from jmtl import hugepages  # noqa: E402
+
+os.environ.update(hugepages.environment_with_hugepages(os.environ) or {})
+
 from device_env import with_test_flags  # noqa: E402  (before jax reads XLA_FLAGS)
 
 os.environ["XLA_FLAGS"] = with_test_flags(os.environ.get("XLA_FLAGS", ""))
