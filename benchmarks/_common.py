@@ -48,56 +48,44 @@ def xla_thread_flags(num_threads: int) -> str:
 MALLOC_CHOICES = ("hugepages", "default")
 
 
-def add_malloc_arguments(parser, *, peers: bool = True) -> None:
+def add_malloc_arguments(parser) -> None:
   """``--malloc`` (this process: jmtl) and ``--peer-malloc`` (the PyTorch worker). jmtl's
   default is how the ``jmtl`` command runs (``jmtl.hugepages``), PyTorch's is glibc's own, as
   its users run it; ``--peer-malloc hugepages`` gives both the same allocator settings."""
   parser.add_argument("--malloc", choices=MALLOC_CHOICES, default="hugepages",
                       help="jmtl's process: glibc.malloc.hugetlb=1 as the jmtl command sets "
                       "it, or glibc's default")
-  if peers:
-    parser.add_argument("--peer-malloc", choices=MALLOC_CHOICES, default="default",
-                        help="the PyTorch worker's malloc (default: glibc's own)")
+  parser.add_argument("--peer-malloc", choices=MALLOC_CHOICES, default="default",
+                      help="the PyTorch worker's malloc (default: glibc's own)")
 
 
-def _without_hugetlb(tunables: str) -> str:
-  return ":".join(t for t in tunables.split(":") if t and not t.startswith("glibc.malloc.hugetlb"))
+def malloc_environment(choice: str) -> dict[str, str]:
+  """This process's environment for a process started with ``choice``: any hugetlb tunable
+  replaced by the one ``jmtl.hugepages`` sets ("hugepages") or removed, with jmtl commands
+  told not to add it back ("default"); other tunables are kept."""
+  from jmtl import hugepages
+  env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", hugepages.OPT_OUT)}
+  tunables = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":")
+              if t and not t.startswith("glibc.malloc.hugetlb")]
+  if choice == "hugepages":
+    tunables.append(hugepages.TUNABLE)
+  else:
+    env[hugepages.OPT_OUT] = "0"
+  if tunables:
+    env["GLIBC_TUNABLES"] = ":".join(tunables)
+  return env
 
 
 def apply_malloc(choice: str) -> dict[str, str | None]:
-  """Restarts this process when its malloc settings differ from ``choice`` (before JAX
-  starts); returns what the process runs with, for the results' metadata."""
+  """Restarts this process when its malloc settings differ from ``choice`` (call it before
+  JAX starts); returns what the process runs with, for the results' metadata."""
   from jmtl import hugepages
-  tunables = os.environ.get("GLIBC_TUNABLES", "")
-  if choice == "hugepages":
-    hugepages.restart_with_hugepages()
-    return _malloc_metadata(choice)
-  os.environ[hugepages.OPT_OUT] = "0"  # jmtl commands started from here keep glibc's default
-  if "glibc.malloc.hugetlb" in tunables:  # set by an outer jmtl command: restart without it
-    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-    if _without_hugetlb(tunables):
-      env["GLIBC_TUNABLES"] = _without_hugetlb(tunables)
+  env = malloc_environment(choice)
+  if (env.get("GLIBC_TUNABLES") or None) != (os.environ.get("GLIBC_TUNABLES") or None):
     hugepages.restart(env)
-  return _malloc_metadata(choice)
-
-
-def _malloc_metadata(choice: str) -> dict:
-  from jmtl import hugepages
+  os.environ.update(env)  # the opt-out, for jmtl commands started from here
   return {"malloc": choice, "glibc_tunables": os.environ.get("GLIBC_TUNABLES") or None,
           "transparent_hugepages": hugepages.transparent_hugepages_offered()}
-
-
-def peer_environment(choice: str) -> dict[str, str]:
-  """The PyTorch worker's environment for ``--peer-malloc``: this one without the hugetlb
-  tunable, or with it."""
-  from jmtl import hugepages
-  env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-  tunables = _without_hugetlb(os.environ.get("GLIBC_TUNABLES", ""))
-  if choice == "hugepages":
-    tunables = ":".join(filter(None, (tunables, hugepages.TUNABLE)))
-  if tunables:
-    env["GLIBC_TUNABLES"] = tunables
-  return env
 
 
 def malloc_sentence(malloc: dict | None) -> str:

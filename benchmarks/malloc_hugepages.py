@@ -39,16 +39,6 @@ SETTINGS = ("default", "hugepages")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def environment(setting: str) -> dict[str, str]:
-  from jmtl import hugepages
-  env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", hugepages.OPT_OUT)}
-  if setting == "hugepages":
-    env["GLIBC_TUNABLES"] = hugepages.TUNABLE
-  else:
-    env[hugepages.OPT_OUT] = "0"
-  return env
-
-
 def step_child(layout: str, steps: int) -> None:
   """One process: the EW step, timed; prints one JSON line."""
   _common.pin_threads(1)
@@ -74,8 +64,9 @@ def step_child(layout: str, steps: int) -> None:
 
 def run_step(setting: str, layout: str, steps: int) -> dict:
   out = subprocess.run([sys.executable, "-m", "benchmarks.malloc_hugepages", "--step-child",
-                        layout, "--steps", str(steps)], cwd=ROOT, env=environment(setting),
-                       capture_output=True, text=True, check=True)
+                        layout, "--steps", str(steps)], cwd=ROOT,
+                       env=_common.malloc_environment(setting), capture_output=True, text=True,
+                       check=True)
   return json.loads(out.stdout.splitlines()[-1])
 
 
@@ -85,7 +76,7 @@ def run_train(setting: str, config: str, steps: int, workdir: str) -> dict:
              f"--config.train.checkpoint_every={steps}"]
   with tempfile.TemporaryFile("w+") as stderr:  # a file, not a pipe: wait4 reads no output
     start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=ROOT, env=environment(setting),
+    process = subprocess.Popen(command, cwd=ROOT, env=_common.malloc_environment(setting),
                                stdout=subprocess.DEVNULL, stderr=stderr)
     _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - start
@@ -163,9 +154,8 @@ def main(argv=None) -> dict | None:
       with tempfile.TemporaryDirectory(prefix="jmtl_malloc_") as tmp:
         print(f"train {args.train_config}: preparing data (untimed)", flush=True)
         run_train("hugepages", args.train_config, 1, os.path.join(tmp, "prepare"))
-        counter = iter(range(10**6))
         results = alternate(args.rounds, lambda s: run_train(
-            s, args.train_config, args.train_steps, os.path.join(tmp, f"run{next(counter)}")))
+            s, args.train_config, args.train_steps, tempfile.mkdtemp(dir=tmp)))
       parts[f"jmtl train {args.train_config} {args.train_steps} steps"] = {
           key: summary(results, key) for key in ("wall_seconds", "peak_rss_mib")
       } | {"runs": results}

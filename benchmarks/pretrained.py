@@ -86,7 +86,7 @@ def measure(args, workdir: pathlib.Path, log) -> dict:
                                          for k, v in fields.items()})
     heads = export_params({"heads": params["heads"]}, workdir / "heads.npz")
     worker = BertTorchWorker(compare.torch_thread_args(args),
-                             _common.peer_environment(args.peer_malloc))
+                             _common.malloc_environment(args.peer_malloc))
     torch_losses = worker.ask({"cmd": "setup", "model_dir": str(model_dir), "heads": str(heads),
                                "batches": str(workdir / "batches.npz"),
                                "task_names": list(model.names)})["first_losses"]

@@ -187,7 +187,7 @@ def measure(shape, num_tasks: int, layout: str, args, workdir: pathlib.Path, log
 
   worker, torch_losses = None, None
   if not args.skip_peers:
-    worker = TorchWorker(torch_thread_args(args), _common.peer_environment(args.peer_malloc))
+    worker = TorchWorker(torch_thread_args(args), _common.malloc_environment(args.peer_malloc))
     answer = worker.ask(save_for_torch(model, params, batch, layout, shape, workdir, args.quick))
     torch_losses = answer["first_losses"]
     skipped.update({f"torch/{k}": v for k, v in answer["skipped"].items()})
