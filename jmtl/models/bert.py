@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jmtl.models.encoder import encode, masked_mean
-from jmtl.models.matmul import Dense
+from jmtl.models.matmul import Dense, ProjectionParams, fused_projections
 from jmtl.models.precision import check_dtype, softmax
 
 POOLINGS = ("cls", "mean", "pooler")
@@ -85,9 +85,10 @@ class SelfAttention(nn.Module):
     batch, length, width = x.shape
     head = width // cfg.num_heads
     split = lambda t: t.reshape(batch, length, cfg.num_heads, head)
-    q = split(Dense(width, name="query")(x))
-    k = split(Dense(width, name="key")(x))
-    v = split(Dense(width, name="value")(x))
+    # Parameters named and initialised as three Dense layers (the checkpoint layout), applied
+    # as one product (fused_projections).
+    q, k, v = map(split, fused_projections(
+        x, [ProjectionParams((width,), name=name)(width) for name in ("query", "key", "value")]))
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(head) + bias
     probs = softmax(scores, axis=-1)  # in float32
     probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)

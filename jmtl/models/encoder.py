@@ -9,7 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jmtl.models.matmul import Dense, dense_dot_general
+from jmtl.models.matmul import (Dense, ProjectionParams, dense_dot_general,
+                                fused_projections)
 from jmtl.models.precision import at_least_float32, check_dtype, compute_params
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +61,30 @@ def attention(query, key, value, mask=None, dropout_rng=None, dropout_rate=0.0,
                     precision=precision)
 
 
+class SelfAttention(nn.Module):
+  """``nn.MultiHeadDotProductAttention`` over one input, with the same parameters (names,
+  shapes, initial values, dropout key), computing query, key and value as one matmul
+  (``fused_projections``)."""
+
+  num_heads: int
+  dropout_rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, mask, deterministic: bool):
+    width = x.shape[-1]
+    features = (self.num_heads, width // self.num_heads)
+    projections = [ProjectionParams(features, name=name)(width)
+                   for name in ("query", "key", "value")]
+    query, key, value = fused_projections(x, projections)
+    dropout_rng = None
+    if self.dropout_rate > 0.0 and not deterministic:
+      dropout_rng = self.make_rng("dropout")
+    context = attention(query, key, value, mask=mask, dropout_rng=dropout_rng,
+                        dropout_rate=self.dropout_rate, deterministic=deterministic)
+    return nn.DenseGeneral(width, axis=(-2, -1), dot_general=dense_dot_general, name="out")(
+        context)
+
+
 class EncoderBlock(nn.Module):
   """Pre-LN block: x + Attn(LN(x)), then x + MLP(LN(x))."""
 
@@ -69,10 +94,8 @@ class EncoderBlock(nn.Module):
   def __call__(self, x, attention_bias, deterministic: bool):
     cfg = self.config
     h = nn.LayerNorm(name="attention_norm")(x)
-    h = nn.MultiHeadDotProductAttention(
-        num_heads=cfg.num_heads, dropout_rate=cfg.attention_dropout, attention_fn=attention,
-        qkv_dot_general=dense_dot_general, out_dot_general=dense_dot_general, name="attention")(
-            h, h, mask=attention_bias, deterministic=deterministic)
+    h = SelfAttention(cfg.num_heads, cfg.attention_dropout, name="attention")(
+        h, attention_bias, deterministic)
     x = x + nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
     h = nn.LayerNorm(name="mlp_norm")(x)
     h = Dense(cfg.mlp_width, name="mlp_in")(h)

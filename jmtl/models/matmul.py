@@ -20,6 +20,7 @@ vmapped kernel gradient still transposes g), same temporary memory.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 
 import flax.linen as nn
@@ -66,3 +67,44 @@ def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_ele
 
 
 Dense = functools.partial(nn.Dense, dot_general=dense_dot_general)
+
+
+class ProjectionParams(nn.Module):
+  """The ``kernel`` and ``bias`` of a ``Dense``/``DenseGeneral`` over the last axis, created as
+  those modules create them (same names, shapes and initial values), without applying them:
+  ``fused_projections`` applies several at once."""
+
+  features: tuple[int, ...]
+  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+  bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, in_features: int):
+    fan_out = math.prod(self.features)
+    # As DenseGeneral: initialise the flat (fan_in, fan_out) matrix, then reshape.
+    kernel_init = lambda rng, shape, dtype: self.kernel_init(
+        rng, (in_features, fan_out), dtype).reshape(shape)
+    bias_init = lambda rng, shape, dtype: self.bias_init(rng, (fan_out,), dtype).reshape(shape)
+    kernel = self.param("kernel", kernel_init, (in_features, *self.features), self.param_dtype)
+    bias = self.param("bias", bias_init, self.features, self.param_dtype)
+    return kernel, bias
+
+
+def fused_projections(x, projections, precision=None):
+  """``[x @ W_i + b_i for each (W_i, b_i)]`` as ONE matmul of ``x`` with ``[W_1 | W_2 | ...]``.
+
+  Attention's query, key and value read the same input: one wide product (and, in the
+  backward, one input gradient and one kernel gradient) instead of three narrow ones. Kernels
+  are ``[D, *features_i]`` over ``x``'s last axis; outputs keep each ``features_i`` shape.
+  """
+  fan_in = x.shape[-1]
+  shapes = [kernel.shape[1:] for kernel, _ in projections]
+  widths = [math.prod(shape) for shape in shapes]
+  kernel = jnp.concatenate([k.reshape(fan_in, -1) for k, _ in projections], axis=1)
+  bias = jnp.concatenate([b.reshape(-1) for _, b in projections])
+  x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=None)
+  y = dense_dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=precision) + bias
+  splits = list(itertools.accumulate(widths))[:-1]
+  return [part.reshape(x.shape[:-1] + shape)
+          for part, shape in zip(jnp.split(y, splits, axis=-1), shapes)]
