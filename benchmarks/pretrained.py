@@ -9,8 +9,8 @@ encoder forward; equal weighting (one backward of the mean loss); Adam(1e-3); dr
 
 Protocol (as benchmarks/peers/compare.py): both processes get the same intra-op threads
 (``--threads``; XLA via the CPUs the process may use, PyTorch ``set_num_threads``), never run
-at the same time, and alternate rounds of ``--steps`` timed steps (the side that goes first
-alternates). jmtl's step is compiled ahead of time (compile reported apart). Reported: median
+at the same time, and alternate rounds of ``--settle`` untimed and ``--steps`` timed steps
+(the side that goes first alternates). jmtl's step is compiled ahead of time (compile reported apart). Reported: median
 step times, the ratio of medians, the median of per-round ratios, and the first forward's
 per-task losses of both sides (must agree to 1e-5, relative).
 
@@ -93,8 +93,10 @@ def measure(args, workdir: pathlib.Path, log) -> dict:
     log(f"first losses: jmtl {jmtl_losses} torch {torch_losses}")
   times = {"jmtl": [], "torch": []}
   jmtl_round = lambda: _common.interleaved_times({"ew": runner}, rounds=1,
-                                                 steps_per_round=args.steps, warmup=0)["ew"]
-  torch_round = lambda: worker.ask({"cmd": "round", "steps": args.steps})["times"]["ew"]
+                                                 steps_per_round=args.steps,
+                                                 warmup=args.settle)["ew"]
+  torch_round = lambda: worker.ask({"cmd": "round", "steps": args.steps,
+                                    "settle": args.settle})["times"]["ew"]
   for _ in range(args.warmup):
     jmtl_round()
     if worker:
@@ -130,7 +132,9 @@ def markdown(result: dict, settings: dict) -> str:
   lines = [f"# MiniLM fine-tuning step: jmtl vs PyTorch (transformers BertModel)\n",
            f"T={settings['tasks']} multi-input, batch {settings['batch_size']} x "
            f"{settings['length']} per task, EW, Adam, dropout off; {settings['threads']} "
-           f"thread(s); {settings['machine']['cpu_model']}; load "
+           f"thread(s); {settings['rounds']} rounds of {settings.get('settle_steps_per_round', 0)}"
+           f" untimed + {settings['steps_per_round']} timed steps per side; "
+           f"{settings['machine']['cpu_model']}; load "
            f"{settings['machine']['load_average_1_5_15']}. "
            f"{_common.malloc_sentence(settings.get('malloc'))}\n",
            _common.markdown_table(["side", "median ms", "q1 ms", "q3 ms", "steps"], rows), "",
@@ -153,6 +157,9 @@ def main(argv=None):
   parser.add_argument("--repeats", type=int, default=5, help="timed rounds per side")
   parser.add_argument("--steps", type=int, default=2, help="timed steps per round")
   parser.add_argument("--warmup", type=int, default=1, help="untimed rounds per side")
+  parser.add_argument("--settle", type=int, default=1,
+                      help="untimed steps at the start of every round, both sides "
+                           "(benchmarks/peers/compare.py says why)")
   parser.add_argument("--threads", type=int, default=2)
   parser.add_argument("--pin", action="store_true")
   parser.add_argument("--skip-peers", action="store_true", help="jmtl side only")
@@ -172,6 +179,7 @@ def main(argv=None):
   settings = {"pretrained": args.pretrained, "tasks": args.tasks, "batch_size": args.batch_size,
               "length": args.length, "threads": args.threads, "cpus": cpus,
               "rounds": args.repeats, "steps_per_round": args.steps, "warmup_rounds": args.warmup,
+              "settle_steps_per_round": args.settle,
               "xla_flags": os.environ["XLA_FLAGS"],
               "malloc": {"jmtl": malloc, "torch": args.peer_malloc},
               "machine": {**_common.machine_info(), "jax": jax.__version__}}

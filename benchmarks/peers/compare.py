@@ -21,8 +21,15 @@ sibling), which would measure the contention rather than the frameworks. jmtl's 
 compiled ahead of time (compile time reported apart). After a warm-up round on each side,
 ``--repeats`` rounds alternate between the processes, which never run at once: in round k
 the PyTorch worker runs ``--steps`` steps of each of its variants, then jmtl does the same
-(the side that goes first alternates with k). Reported: medians, and ratios of medians
-taken in the same run. Peak memory: each variant alone in a fresh process, peak RSS
+(the side that goes first alternates with k). Each round starts every variant with
+``--settle`` untimed steps (default 1), on both sides: this machine is a VM that hands memory
+freed for ~2 s back to its host (Firecracker's free page reporting), and a process that
+returns its step temporaries to the OS, as jmtl does through glibc and PyTorch's caching
+allocator does not, then pays heavily to touch memory again on its first step after the other
+side's round (MiniLM, ``benchmarks/pretrained.py``: 6.3-10.2 s against 4.2-4.5 s, 5-12 s of
+system time against 0.5 s; the same after a plain 8 s sleep). Training runs its steps back to
+back, which is what the timed steps then measure; ``--settle 0`` is the protocol before
+2026-12-04. Reported: medians, and ratios of medians taken in the same run. Peak memory: each variant alone in a fresh process, peak RSS
 (VmHWM) after setup (jmtl: including compilation) and 3 steps.
 """
 
@@ -195,8 +202,9 @@ def measure(shape, num_tasks: int, layout: str, args, workdir: pathlib.Path, log
 
   times = {f"jmtl/{name}": [] for name in runners}
   jmtl_round = lambda: _common.interleaved_times(runners, rounds=1, steps_per_round=args.steps,
-                                                 warmup=0)
-  torch_round = lambda: worker.ask({"cmd": "round", "steps": args.steps})["times"]
+                                                 warmup=args.settle)
+  torch_round = lambda: worker.ask({"cmd": "round", "steps": args.steps,
+                                    "settle": args.settle})["times"]
   for _ in range(args.warmup):
     jmtl_round()
     if worker:
@@ -318,6 +326,9 @@ def main(argv=None):
   parser.add_argument("--repeats", type=int, default=5, help="timed rounds per side")
   parser.add_argument("--steps", type=int, default=2, help="timed steps per variant per round")
   parser.add_argument("--warmup", type=int, default=1, help="untimed rounds per side")
+  parser.add_argument("--settle", type=int, default=1,
+                      help="untimed steps of each variant at the start of every round, both "
+                           "sides (see the module docstring)")
   parser.add_argument("--threads", type=int, default=1,
                       help="intra-op threads of both frameworks (see the module docstring)")
   parser.add_argument("--pin", action="store_true",
@@ -368,6 +379,7 @@ def main(argv=None):
       "malloc": {"jmtl": malloc, "torch": args.peer_malloc},
       "torch_threads": f"torch.set_num_threads({args.threads}), set_num_interop_threads(1)",
       "rounds": args.repeats, "steps_per_round": args.steps, "warmup_rounds": args.warmup,
+      "settle_steps_per_round": args.settle,
       "machine": {**_common.machine_info(), "jax": jax.__version__}})
   paths = report.write(payload, args.out)
   print(report.markdown(payload))

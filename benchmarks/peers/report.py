@@ -98,7 +98,9 @@ def markdown(payload: dict) -> str:
   parts = ["# jmtl vs LibMTL 1.1.5 and torchjd 0.18", "", PROTOCOL, "",
            f"Threads: {meta['threads']} (CPUs {meta['cpus']}); XLA_FLAGS `{meta['xla_flags']}`; "
            f"PyTorch `{meta['torch_threads']}`. Rounds: {meta['rounds']} x {meta['steps_per_round']} "
-           f"steps per variant after {meta['warmup_rounds']} warm-up round(s). LD_PRELOAD: "
+           f"steps per variant after {meta['warmup_rounds']} warm-up round(s), each round "
+           f"starting every variant with {meta.get('settle_steps_per_round', 0)} untimed "
+           f"step(s) on both sides. LD_PRELOAD: "
            f"{meta.get('ld_preload') or 'none (glibc malloc)'}, both processes. "
            f"{_common.malloc_sentence(meta.get('malloc'))} Model/batch: "
            f"`{meta['shape']}`; multi-input: T batches of that size, one per task.", ""]

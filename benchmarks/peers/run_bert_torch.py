@@ -4,7 +4,7 @@ Runs in benchmarks/peers/.venv (torch, transformers; ``setup.sh``). Spawned by
 benchmarks/pretrained.py as a worker (the same JSON-lines protocol as ``run_torch.py``):
 ``setup`` builds the model from the checkpoint's config.json and model.safetensors (the very
 file jmtl loads) plus jmtl's exported head weights, and answers the first forward's losses;
-``round`` runs ``steps`` timed EW steps; ``quit`` ends.
+``round`` runs ``settle`` untimed, then ``steps`` timed EW steps; ``quit`` ends.
 
 Model: BertModel (no pooler, dropout off, transformers' default SDPA attention), mean pool over
 real tokens, per task Linear(D, 64) + ReLU + Linear(64, C); multi-input: each task's batch has
@@ -81,12 +81,16 @@ def worker() -> None:
       log(f"run_bert_torch: {sum(p.numel() for p in model.parameters())} parameters")
       answer = {"first_losses": losses}
     elif command["cmd"] == "round":
-      times = []
-      for _ in range(command["steps"]):
-        start = time.perf_counter()
+      def step():
         optimizer.zero_grad(set_to_none=True)
         torch.stack([model.loss(n, batches[n]) for n in model.task_names]).mean().backward()
         optimizer.step()
+      for _ in range(command.get("settle", 0)):  # untimed (see compare.py, --settle)
+        step()
+      times = []
+      for _ in range(command["steps"]):
+        start = time.perf_counter()
+        step()
         times.append(time.perf_counter() - start)
       answer = {"times": {"ew": times}}
     elif command["cmd"] == "quit":

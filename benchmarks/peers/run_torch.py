@@ -4,8 +4,8 @@ Spawned by ``compare.py``, never imported by jmtl. Three modes:
 
 * ``--worker``: reads JSON commands on stdin, answers one JSON line each on stdout (logs go to
   stderr). ``setup`` builds every variant for one (T, layout) from the exported jmtl weights
-  and batches and answers the first forward's losses; ``round`` runs ``steps`` timed steps
-  of every variant in turn and answers the times; ``quit`` ends. compare.py alternates these
+  and batches and answers the first forward's losses; ``round`` runs, for every variant in
+  turn, ``settle`` untimed steps and then ``steps`` timed ones and answers the times; ``quit`` ends. compare.py alternates these
   rounds with its own, so the two processes never run at the same time.
 * ``--memory VARIANT``: builds that one variant, runs a few steps, prints peak RSS (MiB,
   VmHWM).
@@ -217,6 +217,8 @@ def worker() -> None:
       times = {}
       for name, variant in variants.items():
         times[name] = []
+        for _ in range(command.get("settle", 0)):  # untimed (see compare.py, --settle)
+          variant.step()
         for _ in range(command["steps"]):
           start = time.perf_counter()
           variant.step()
