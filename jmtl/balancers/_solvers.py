@@ -76,6 +76,23 @@ def project_to_simplex(y: jax.Array, mask: jax.Array | None = None) -> jax.Array
   return jnp.maximum(y - theta, 0.0)
 
 
+def onto_simplex_face(y: jax.Array) -> jax.Array:
+  """``y`` put exactly on the simplex without leaving its face, for a ``y`` already on it up to
+  round-off: negatives within round-off of 0 clipped, the rest rescaled to sum 1. Otherwise
+  ``project_to_simplex``.
+
+  A solver's answer sums to 1 only up to float32 round-off; the Euclidean projection then
+  shifts every entry by the same ~1e-7, zeros included, moving the answer off its face: on a
+  min-norm problem whose inactive tasks have large gradients that cost 1e-4 in the combined
+  gradient (relative), far more than the solve's own error.
+  """
+  tolerance = 16 * y.shape[-1] * jnp.finfo(y.dtype).eps
+  clipped = jnp.maximum(y, 0.0)
+  total = jnp.sum(clipped)
+  near = (jnp.min(y) >= -tolerance) & (jnp.abs(total - 1.0) <= tolerance)
+  return jnp.where(near, clipped / jnp.where(near, total, 1.0), project_to_simplex(y))
+
+
 # ---------------------------------------------------------------- Sener & Koltun's solver
 
 
@@ -144,7 +161,7 @@ def min_norm_frank_wolfe(gram: jax.Array, num_iters: int = 250,
   gram_weights = gram @ weights
   multipliers = gram_weights - weights @ gram_weights
   weights = _polish_qp(gram, jnp.zeros((n,), jnp.float32), weights, multipliers, simplex=True)
-  return project_to_simplex(weights)
+  return onto_simplex_face(weights)
 
 
 # ---------------------------------------------------------------- interior point
@@ -263,7 +280,7 @@ def _polish_qp(hessian, linear, x, y, *, simplex, num_rounds=3):
   (relative) of the best so far still wins, so an exact face solution replaces an answer
   that is equal to round-off.
   """
-  project = project_to_simplex if simplex else (lambda v: jnp.maximum(v, 0.0))
+  project = onto_simplex_face if simplex else (lambda v: jnp.maximum(v, 0.0))
 
   def objective(candidate):
     value = 0.5 * candidate @ (hessian @ candidate) + linear @ candidate
@@ -304,7 +321,7 @@ def min_norm_exact(gram: jax.Array, num_iters: int = 40) -> jax.Array:
   linear = jnp.zeros((gram.shape[0],), jnp.float32)
   weights, multipliers = _interior_point(gram, linear, simplex=True, num_iters=num_iters)
   weights = _polish_qp(gram, linear, weights, multipliers, simplex=True)
-  return project_to_simplex(weights)  # removes the last float32 drift off the simplex
+  return onto_simplex_face(weights)  # removes the last float32 drift off the simplex
 
 
 def nonneg_qp(hessian: jax.Array, linear: jax.Array, num_iters: int = 40) -> jax.Array:

@@ -260,3 +260,16 @@ def test_solvers_are_deterministic():
   first, second = all_solvers(gram), all_solvers(gram)
   for name in first:
     np.testing.assert_array_equal(first[name], second[name])
+
+
+def test_onto_simplex_face_keeps_a_face_solution_on_its_face():
+  """A face solution that sums to 1 only up to float32 round-off: the Euclidean projection
+  lifts its zeros by the shortfall/n (off the face); onto_simplex_face keeps them at exactly 0
+  and sums to 1. Far from the simplex it is the Euclidean projection."""
+  face = np.array([0.3, 0.0, 0.7 - 3e-7, 0.0], np.float32)
+  on_face = np.asarray(_solvers.onto_simplex_face(jnp.asarray(face)))
+  assert on_face[1] == 0.0 and on_face[3] == 0.0
+  assert abs(float(on_face.sum()) - 1.0) < 1e-6
+  assert np.asarray(_solvers.project_to_simplex(jnp.asarray(face)))[1] > 0
+  far = jnp.asarray([0.9, -0.5, 0.4, 0.3], jnp.float32)
+  np.testing.assert_array_equal(_solvers.onto_simplex_face(far), _solvers.project_to_simplex(far))
