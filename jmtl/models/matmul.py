@@ -15,6 +15,11 @@ the multi-input exact step at T=8 8% faster, the same-input exact step at T=8 wi
 vmapped kernel gradient still transposes g), same temporary memory.
 
 ``Dense`` is ``flax.linen.Dense`` with it; the encoder and heads build every projection from it.
+``fused_projections`` applies several projections of one input (attention's query, key and
+value) as one product through it, with parameters from ``ProjectionParams`` (as ``Dense``
+creates them): one input gradient, one kernel gradient and one transposed ``x`` instead of
+three (the equal-weight step ~2% faster on the peer model, together with two optimizer-side
+changes in ``jmtl.train.step`` 0.89x on an Intel Sapphire Rapids, one thread).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jmtl import data, metrics as metrics_lib
+from jmtl import data, interrupts, metrics as metrics_lib
 from jmtl.config import ConfigError, batch_size_of, to_json
 from jmtl.data.feed.prefetch import Prefetch
 from jmtl.models import EncoderConfig, architectures, precision
@@ -247,6 +247,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   step_number = start
   try:
     while step_number < steps:
+      interrupts.raise_if_requested()  # a signal whose KeyboardInterrupt was swallowed
       batch = step_fn.place_batch(next(iterator))
       affinity = diag_lib.due(t, step_number + 1, steps) if diagnostics else None
       if affinity is not None:  # before the step, which donates the state; not timed
@@ -288,6 +289,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if any("test" in suite.sizes[tk.name] for tk in tasks):
       _, test, _ = run_eval(step_number, "test")
   except KeyboardInterrupt:
+    interrupts.clear()
     progress.close()
     checkpoints.wait()  # finish the in-flight save, so the next run resumes from it
     say(f"interrupted at step {step_number}; checkpoints: {checkpoints.steps()}; "
